@@ -1,0 +1,111 @@
+"""The complete config schema, with the paper's 4M pretraining recipe as values.
+
+Every config file is merged over this tree, so a key that is not here (outside the
+open component nodes, see :mod:`albef.config.loader`) is a typo and is reported as one.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_DEFAULTS: dict[str, Any] = {
+    "model": {
+        "name": "ALBEF",
+        "weights": None,  # a checkpoint of ours to start from (strict load); --resume takes precedence
+        "embed_dim": 256,  # ITC projection size
+        "temp": 0.07,  # initial learnable temperature, clamped to [temp_min, temp_max]
+        "temp_min": 0.001,
+        "temp_max": 0.5,
+        "vision_encoder": {
+            "name": "TimmViT",
+            "model_name": "vit_base_patch16_224",
+            "img_size": 256,
+        },
+        "text_encoder": {
+            "name": "BertTextEncoder",
+            "num_layers": 6,  # BERT layers 0..5 encode text alone
+            "config": {  # transformers.BertConfig fields; vocab_size null = from the tokenizer
+                "vocab_size": None,
+                "hidden_size": 768,
+                "num_attention_heads": 12,
+                "intermediate_size": 3072,
+                "max_position_embeddings": 512,
+                "hidden_dropout_prob": 0.1,
+                "attention_probs_dropout_prob": 0.1,
+                "layer_norm_eps": 1.0e-12,
+            },
+        },
+        "fusion": {"name": "CrossAttentionFusion", "num_layers": 6},
+        "teacher": {
+            "name": "MomentumTeacher",
+            "momentum": 0.995,
+            "queue_size": 65536,
+            "alpha": 0.4,
+        },
+        "objectives": {
+            "itc": {"name": "ITCLoss", "weight": 1.0},
+            "itm": {"name": "ITMLoss", "weight": 1.0, "miner": {"name": "ContrastiveHardNegativeMiner"}},
+            "mlm": {"name": "MLMLoss", "weight": 1.0, "mask_prob": 0.15},
+        },
+    },
+    "data": {
+        # Built-in synthetic shapes world: null, or {root, seed, ...} (see albef.data.synthetic).
+        # When set, the data is generated there on first use.
+        "synthetic": None,
+        "tokenizer": "bert-base-uncased",  # transformers name, local directory or a vocab.txt file
+        "max_words": 30,  # official pre_caption word limit
+        "max_tokens": 25,  # tokenizer max_length, [CLS] included (official pretraining)
+        "num_workers": 4,
+        "strict": False,  # true: a bad image or caption stops the run; false: skipped, counted, logged
+        "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)
+        "train": {"name": "PretrainJSON", "ann_files": [], "image_root": ""},
+        "test": None,  # e.g. {name: RetrievalEvalJSON, ann_file: ..., image_root: ...}
+        "transforms": {
+            "image_res": "${model.vision_encoder.img_size}",
+            "crop_scale": [0.2, 1.0],  # RandomResizedCrop scale; null = plain resize
+            "hflip_prob": 0.5,
+            "hflip_swap_words": {},  # e.g. {left: right, right: left}: keep captions true under flips
+            # null switches it off; ops from the official list (see albef.data.transforms.OFFICIAL_AUGS)
+            "randaugment": {
+                "num_ops": 2,
+                "magnitude": 7,
+                "ops": ["Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness",
+                        "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"],
+            },
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    },
+    "train": {
+        "seed": 42,
+        "device": "auto",  # auto: cuda when available, else cpu
+        "max_iter": 300000,  # ~30 epochs of the 4M set (5.1M pairs) at global batch 512
+        "batch_size": 64,  # per process
+        "lr": 1.0e-4,
+        "min_lr": 1.0e-5,
+        "warmup_lr": 1.0e-5,
+        "warmup_iters": 2000,  # the official code warms up for 2000 iterations
+        "weight_decay": 0.02,
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+        "clip_grad": None,  # max grad norm; null = no clipping (official)
+        "alpha_warmup_iters": None,  # alpha ramps 0 -> alpha over this many iterations; null = one epoch
+        "amp": "auto",  # auto: bf16 autocast on CUDA, off on CPU; or bf16 / off
+        "checkpoint_period": 5000,
+        "max_to_keep": 3,
+        "eval_period": 0,  # 0: evaluate only at the end
+        "log_period": 20,
+        "find_unused_parameters": "auto",  # DDP; auto: on when the objective set is not ITC+ITM+MLM
+    },
+    "eval": {
+        "batch_size": 64,
+        "k_test": 256,  # ITM re-ranks the top-k of the ITC similarities
+        "itm_batch_size": 256,  # pairs per fusion forward when re-ranking
+        "max_tokens": 30,  # official retrieval evaluation pads/truncates captions to 30 tokens
+    },
+    "output_dir": "output/albef",
+}
+
+
+def get_default_config_dict() -> dict[str, Any]:
+    return copy.deepcopy(_DEFAULTS)

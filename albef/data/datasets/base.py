@@ -1,0 +1,71 @@
+"""Shared pieces of the JSON datasets: reading annotation files, loading images with
+clear errors, and deterministic per-sample randomness."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import zlib
+from typing import Any
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from albef.utils.file_io import PathManager
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error to report, not to hide
+logger = logging.getLogger("albef.data")
+
+
+class DataError(RuntimeError):
+    """Bad data that stops the run (strict mode, or nothing usable left); the message names the file."""
+
+
+def read_json_list(path: str) -> list[dict[str, Any]]:
+    if not PathManager.exists(path):
+        raise DataError(f"annotation file not found: {path}")
+    with PathManager.open(path, "r") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of annotations, got {type(data).__name__}")
+    return data
+
+
+def resolve_image_path(image: str, image_root: str) -> str:
+    if os.path.isabs(image) or "://" in image or not image_root:
+        return image
+    return os.path.join(image_root, image)
+
+
+def load_image(path: str) -> Image.Image:
+    """Open ``path`` as RGB; raise ``OSError`` with a reason for a missing, unreadable or truncated file."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()  # decode now so truncation is detected here
+            return img.convert("RGB")
+    except FileNotFoundError as e:
+        raise OSError("file not found") from e
+    except UnidentifiedImageError as e:
+        raise OSError("not a readable image") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise OSError(f"unreadable image ({e})") from e
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """A ``random.Random`` that depends only on (seed, epoch, index)."""
+    return random.Random(zlib.crc32(f"{seed}/{epoch}/{index}".encode()))
+
+
+def captions_of(ann: dict[str, Any], path: str, i: int, key: str = "caption") -> list[str]:
+    if key not in ann:
+        raise DataError(f"{path}: entry {i} has no '{key}' key (keys: {sorted(ann)})")
+    caps = ann[key]
+    if isinstance(caps, str):
+        return [caps]
+    if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
+        return list(caps)
+    raise DataError(f"{path}: entry {i}: '{key}' must be a string or a list of strings, got {caps!r}")

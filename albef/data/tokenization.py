@@ -1,0 +1,78 @@
+"""Tokenizers and the collate functions that tokenise inside DataLoader workers."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers fork; keep the Rust pool out of it
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+def build_tokenizer(name_or_path: str):
+    """A transformers tokenizer from a ``vocab.txt`` file, a local directory, or a hub name (cached or online)."""
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if os.path.isfile(name_or_path):
+        if not name_or_path.endswith(".txt"):
+            raise TokenizerError(f"data.tokenizer: {name_or_path} is a file but not a WordPiece vocab.txt")
+        with open(name_or_path, encoding="utf-8") as f:
+            size = sum(1 for line in f if line.rstrip("\n"))
+        # transformers 5 takes the file as `vocab=` and silently ignores `vocab_file=`
+        # (building a 5-token vocabulary); older releases are the other way round.
+        for key in ("vocab", "vocab_file"):
+            try:
+                tok = BertTokenizerFast(**{key: name_or_path}, do_lower_case=True)
+            except (TypeError, ValueError, OSError):
+                continue
+            if len(tok) == size:
+                break
+        else:
+            raise TokenizerError(f"data.tokenizer: could not load the {size}-token vocabulary {name_or_path}")
+        missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]") if t not in tok.get_vocab()]
+        if missing:
+            raise TokenizerError(f"data.tokenizer: {name_or_path} lacks the special token(s) {missing}")
+        return tok
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise TokenizerError(
+            f"data.tokenizer: could not load '{name_or_path}' ({e.__class__.__name__}: {e}). Offline? Build a "
+            f"vocabulary with `python tools/build_vocab.py --ann-files YOUR.json --out-dir DIR` and set "
+            f"data.tokenizer=DIR/vocab.txt"
+        ) from e
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, pad_to_max: bool = False) -> dict[str, torch.Tensor]:
+    enc = tokenizer(
+        list(texts), padding="max_length" if pad_to_max else "longest", truncation=True,
+        max_length=max_tokens, return_tensors="pt", return_token_type_ids=False,
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class PretrainCollator:
+    """List of samples -> ``{"image" [B,3,H,W], "input_ids"/"attention_mask" [B,L], "image_id" [B], "skipped": [...]}``."""
+
+    def __init__(self, tokenizer, max_tokens: int, with_image_ids: bool = True):
+        self.tokenizer, self.max_tokens, self.with_image_ids = tokenizer, max_tokens, with_image_ids
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
+        batch.update(tokenize(self.tokenizer, [s["caption"] for s in samples], self.max_tokens))
+        if self.with_image_ids:
+            batch["image_id"] = torch.tensor([s["image_id"] for s in samples], dtype=torch.long)
+        batch["skipped"] = [x for s in samples for x in s.get("skipped", [])]
+        return batch
+
+
+def eval_image_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "skipped": [x for s in samples for x in s.get("skipped", [])],
+    }

@@ -1,0 +1,230 @@
+"""The pieces ``tools/train_net.py`` is made of: argument parser, setup, and the
+:class:`Trainer` that assembles data, model, optimizer, hooks and evaluation from a config."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from fvcore.common.param_scheduler import CompositeParamScheduler, CosineParamScheduler, LinearParamScheduler, ParamScheduler
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+
+from albef.checkpoint import ALBEFCheckpointer, set_rng_state
+from albef.config import config_to_dict, dump_config, load_config
+from albef.data.build import build_eval_image_loader, build_test_dataset, build_train_dataset, build_train_loader, prepare_synthetic
+from albef.data.tokenization import build_tokenizer
+from albef.engine import hooks as H
+from albef.engine.train_loop import SimpleTrainer
+from albef.evaluation.retrieval import evaluate_retrieval, format_results_table
+from albef.modeling import build_model
+from albef.utils import comm
+from albef.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
+from albef.utils.logger import setup_logger
+
+logger = logging.getLogger("albef")
+
+
+def default_argument_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="ALBEF training and evaluation",
+        epilog="Overrides: KEY=VALUE pairs after the flags, e.g. train.max_iter=100 model.objectives.mlm=null",
+    )
+    p.add_argument("--config-file", required=True, metavar="FILE", help="path to a YAML config")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate (weights from --resume or model.weights)")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes to launch (one per GPU; CPU processes with gloo when no GPU)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE", help="config overrides")
+    return p
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(args: argparse.Namespace) -> DictConfig:
+    """Load the config, create ``output_dir``, set up logging and write ``config.yaml``."""
+    cfg = load_config(args.config_file, args.opts)
+    rank = comm.get_rank()
+    out = cfg.output_dir
+    os.makedirs(out, exist_ok=True)
+    setup_logger(out, rank)
+    logger.info("Rank %d of %d; config file %s; overrides %s", rank, comm.get_world_size(), args.config_file, args.opts)
+    if comm.is_main_process():
+        dump_config(cfg, os.path.join(out, "config.yaml"))
+        logger.info("Full config written to %s", os.path.join(out, "config.yaml"))
+    return cfg
+
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    d = cfg.train.device
+    if d == "auto":
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d == "cuda" and comm.is_dist():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(d)
+
+
+def resolve_amp(cfg: DictConfig, device: torch.device) -> bool:
+    a = cfg.train.amp
+    if a == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if a in ("bf16", True):
+        return True
+    if a in ("off", False, None):
+        return False
+    raise ValueError(f"train.amp must be auto, bf16 or off, got {a!r}")
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, 0/1-d tensors, positional embeddings, [CLS] token or temp."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # the teacher's EMA weights
+        skip = p.ndim <= 1 or name.endswith(".bias") or name.endswith("pos_embed") or name.endswith("cls_token")
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps, fused=fused or None)
+
+
+def build_lr_scheduler(cfg: DictConfig) -> ParamScheduler:
+    """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_iters``, then cosine to ``min_lr`` (per iteration)."""
+    t = cfg.train
+    w = min(max(t.warmup_iters, 0) / max(t.max_iter, 1), 1.0)
+    cosine = CosineParamScheduler(t.lr, t.min_lr)
+    if w <= 0:
+        return cosine
+    warm = LinearParamScheduler(t.warmup_lr, t.lr)
+    if w >= 1:
+        return warm
+    return CompositeParamScheduler([warm, cosine], lengths=[w, 1 - w], interval_scaling=["rescaled", "rescaled"])
+
+
+def _default_objectives(cfg: DictConfig) -> bool:
+    objs = {k: v for k, v in cfg.model.objectives.items() if v is not None}
+    names = {k: v.name for k, v in objs.items()}
+    return names == {"itc": "ITCLoss", "itm": "ITMLoss", "mlm": "MLMLoss"}
+
+
+class Trainer:
+    """Builds everything a pretraining run needs from ``cfg`` and runs it."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        self.amp = resolve_amp(cfg, self.device)
+        prepare_synthetic(cfg)
+        self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+        self.train_set = build_train_dataset(cfg)
+        self.test_set = build_test_dataset(cfg)
+        seed_all(cfg.train.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg, self.tokenizer).to(self.device)
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        logger.info("Model: %.2fM trainable parameters; device %s; bf16 autocast %s", n_train / 1e6, self.device, "on" if self.amp else "off")
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.checkpointer = ALBEFCheckpointer(self.model, cfg.output_dir, optimizer=self.optimizer)
+        seed_all(cfg.train.seed + comm.get_rank())
+        self.start_iter = 0
+        ws = comm.get_world_size()
+        self.global_batch = cfg.train.batch_size * ws
+        ramp = cfg.train.alpha_warmup_iters
+        self.alpha_ramp_iters = math.ceil(len(self.train_set) / self.global_batch) if ramp is None else int(ramp)
+
+    # ------------------------------------------------------------------ state
+    def resume_or_load(self, resume: bool = True) -> int:
+        """``--resume``: continue from ``output_dir/last_checkpoint`` (model, optimizer, iteration,
+        RNG, data position). Otherwise ``model.weights`` (if set) initialises the model."""
+        if resume and self.checkpointer.has_checkpoint():
+            path = self.checkpointer.get_checkpoint_file()
+            extra = self.checkpointer.load(path, checkpointables=["optimizer"])
+            self.start_iter = int(extra.get("iteration", -1)) + 1
+            rngs = extra.get("rng")
+            if rngs and len(rngs) == comm.get_world_size():
+                set_rng_state(rngs[comm.get_rank()])
+            elif rngs:
+                logger.warning("Checkpoint has RNG states for %d ranks, running %d: re-seeding", len(rngs), comm.get_world_size())
+                seed_all(self.cfg.train.seed + comm.get_rank() + self.start_iter)
+            logger.info("Resumed from %s at iteration %d", path, self.start_iter)
+        elif resume:
+            logger.info("--resume: no checkpoint in %s, starting from scratch", self.cfg.output_dir)
+            self._load_weights()
+        else:
+            self._load_weights()
+        return self.start_iter
+
+    def _load_weights(self) -> None:
+        w = self.cfg.model.weights
+        if w:
+            self.checkpointer.load(w, checkpointables=[])
+            logger.info("Initialised the model from %s", w)
+
+    def checkpoint_extra(self, iteration: int) -> dict[str, Any]:
+        """Saved beside model/optimizer/iteration/rng: the config and the samples consumed so far."""
+        return {
+            "config": OmegaConf.to_yaml(OmegaConf.create(config_to_dict(self.cfg))),
+            "data_position": (iteration + 1) * self.global_batch,
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        if self.test_set is None:
+            logger.info("data.test is null: no evaluation")
+            return {}
+        loader = build_eval_image_loader(self.cfg, self.test_set)
+        results = evaluate_retrieval(
+            H.unwrap(self.model), self.test_set, loader, self.tokenizer, k_test=self.cfg.eval.k_test,
+            max_tokens=self.cfg.eval.max_tokens, pair_batch=self.cfg.eval.itm_batch_size, device=self.device, amp=self.amp,
+        )
+        if comm.is_main_process():
+            logger.info(
+                "Retrieval on %s (%d images, %d captions):\n%s",
+                self.cfg.data.test.get("ann_file", "test set"), len(self.test_set), len(self.test_set.text), format_results_table(results),
+            )
+        return results
+
+    # ------------------------------------------------------------------ training
+    def build_hooks(self) -> list[H.HookBase]:
+        cfg = self.cfg
+        out = cfg.output_dir
+        writers = []
+        if comm.is_main_process():
+            writers = [CommonMetricPrinter(cfg.train.max_iter), JSONWriter(os.path.join(out, "metrics.json"), truncate=self.start_iter == 0), TensorboardWriter(out)]
+        return [
+            H.IterationTimer(),
+            H.LRScheduler(build_lr_scheduler(cfg)),
+            H.AlphaRamp(self.alpha_ramp_iters),
+            H.MomentumUpdate(),
+            H.PeriodicCheckpointer(self.checkpointer, cfg.train.checkpoint_period, cfg.train.max_to_keep, self.checkpoint_extra),
+            H.EvalHook(cfg.train.eval_period, self.evaluate) if self.test_set is not None else None,
+            H.PeriodicWriter(writers, cfg.train.log_period),
+        ]
+
+    def train(self) -> dict[str, dict[str, float]] | None:
+        cfg = self.cfg
+        loader = build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
+        model = self.model
+        if comm.get_world_size() > 1:
+            fup = cfg.train.find_unused_parameters
+            fup = (not _default_objectives(cfg)) if fup == "auto" else bool(fup)
+            model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=fup,
+            )
+        trainer = SimpleTrainer(
+            model, loader, self.optimizer, device=self.device, amp=self.amp,
+            clip_grad=cfg.train.clip_grad, global_batch=self.global_batch,
+        )
+        hooks = self.build_hooks()
+        trainer.register_hooks(hooks)
+        trainer.train(self.start_iter, cfg.train.max_iter)
+        ev = [h for h in hooks if isinstance(h, H.EvalHook)]
+        return ev[0].latest if ev else None

@@ -1,0 +1,160 @@
+"""Training hooks: timing, LR schedule, alpha ramp, EMA teacher update, checkpoints, evaluation, writers."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _FvPeriodicCheckpointer
+from fvcore.common.param_scheduler import ParamScheduler
+
+from albef.checkpoint import gather_rng_states
+from albef.engine.train_loop import HookBase
+from albef.utils import comm
+from albef.utils.events import EventWriter
+
+logger = logging.getLogger("albef.train")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class IterationTimer(HookBase):
+    """Records ``time`` (seconds per step, data loading included) and ``pairs_per_s``."""
+
+    def before_step(self) -> None:
+        self._start = time.perf_counter()
+
+    def after_step(self) -> None:
+        dt = time.perf_counter() - self._start
+        s = self.trainer.storage
+        s.put_scalar("time", dt)
+        s.put_scalar("pairs_per_s", self.trainer.global_batch / max(dt, 1e-9))
+
+
+class LRScheduler(HookBase):
+    """Sets every param group's lr from an fvcore ``ParamScheduler`` of ``iter / max_iter``, per iteration."""
+
+    def __init__(self, scheduler: ParamScheduler):
+        self.scheduler = scheduler
+
+    def before_step(self) -> None:
+        t = self.trainer
+        lr = self.scheduler(t.iter / t.max_iter)
+        for g in t.optimizer.param_groups:
+            g["lr"] = lr
+        t.storage.put_scalar("lr", lr, smoothing_hint=False)
+
+
+class AlphaRamp(HookBase):
+    """Distillation weight: alpha * min(1, iter / ramp_iters) (the paper ramps over the first epoch)."""
+
+    def __init__(self, ramp_iters: int):
+        self.ramp_iters = max(int(ramp_iters), 0)
+
+    def before_step(self) -> None:
+        t = self.trainer
+        scale = 1.0 if self.ramp_iters == 0 else min(1.0, t.iter / self.ramp_iters)
+        teacher = unwrap(t.model).teacher
+        teacher.set_alpha_scale(scale)
+        t.storage.put_scalar("alpha", teacher.current_alpha, smoothing_hint=False)
+
+
+class MomentumUpdate(HookBase):
+    """EMA update of the teacher after each optimizer step (foreach kernels, no sync)."""
+
+    def after_step(self) -> None:
+        unwrap(self.trainer.model).momentum_update()
+
+
+class PeriodicCheckpointer(HookBase):
+    """Saves ``model_XXXXXXX.pth`` every ``period`` iterations and ``model_final.pth`` at the end
+    (fvcore's PeriodicCheckpointer), with RNG states of every rank and the data position."""
+
+    def __init__(self, checkpointer, period: int, max_to_keep: int | None, extra: Callable[[int], dict[str, Any]]):
+        self.checkpointer = checkpointer
+        self.period = period
+        self.max_to_keep = max_to_keep
+        self.extra = extra
+
+    def before_train(self) -> None:
+        self._fv = _FvPeriodicCheckpointer(self.checkpointer, self.period or 10**12, max_iter=self.trainer.max_iter, max_to_keep=self.max_to_keep)
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        due = (self.period and (it + 1) % self.period == 0) or it >= self.trainer.max_iter - 1
+        if due:
+            self._fv.step(it, rng=gather_rng_states(), **self.extra(it))
+
+
+class EvalHook(HookBase):
+    """Runs ``eval_fn() -> {prefix: {metric: value}}`` every ``period`` iterations and after training."""
+
+    def __init__(self, period: int, eval_fn: Callable[[], dict[str, dict[str, float]]]):
+        self.period = period
+        self.eval_fn = eval_fn
+        self.latest: dict[str, dict[str, float]] | None = None
+
+    def _run(self) -> None:
+        results = self.eval_fn()
+        self.latest = results
+        s = self.trainer.storage
+        for prefix, metrics in results.items():
+            for k, v in metrics.items():
+                s.put_scalar(f"{prefix}/{k}", v, smoothing_hint=False)
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        nxt = self.trainer.iter + 1
+        if self.period > 0 and nxt % self.period == 0 and nxt != self.trainer.max_iter:
+            self._run()
+
+    def after_train(self) -> None:
+        if self.trainer.iter >= self.trainer.max_iter:  # not after a crash
+            self._run()
+
+
+class PeriodicWriter(HookBase):
+    """Drains the event storage into the writers every ``period`` iterations and at the end.
+
+    Also where a non-finite loss is noticed (here, not on the step, so the step never syncs).
+    """
+
+    def __init__(self, writers: list[EventWriter], period: int):
+        self.writers = writers
+        self.period = max(int(period), 1)
+
+    def _write(self) -> None:
+        storage = self.trainer.storage
+        storage.flush()
+        hist = storage.histories()
+        if "total_loss" in hist and hist["total_loss"].values():
+            v, it = hist["total_loss"].values()[-1]
+            if not math.isfinite(v):
+                raise FloatingPointError(f"Loss became infinite or NaN at iteration {it}: {storage.latest()}")
+        dropped = hist.get("dropped_itm_negatives")
+        if dropped is not None:
+            recent = [v for v, it in dropped.values() if it > getattr(self, "_last_dropped_it", -1)]
+            if recent and sum(recent) > 0:
+                logger.warning(
+                    "ITM: %d negative pair(s) dropped in the last %d iteration(s): every other sample of the "
+                    "batch showed the same image (no valid negative)", int(sum(recent)), len(recent)
+                )
+            if dropped.values():
+                self._last_dropped_it = dropped.values()[-1][1]
+        for w in self.writers:
+            w.write()
+
+    def after_step(self) -> None:
+        if (self.trainer.iter + 1) % self.period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
+            self._write()
+
+    def after_train(self) -> None:
+        try:
+            self._write()
+        finally:
+            for w in self.writers:
+                w.close()

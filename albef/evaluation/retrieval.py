@@ -1,0 +1,125 @@
+"""Image-text retrieval: ITC similarities, then ITM re-ranking of the top k, all batched.
+
+Metrics follow the official ``itm_eval``: for image->text the rank of an image is the
+best rank among its ground-truth captions; for text->image the rank of the caption's
+image. ``txt_r{1,5,10}``, ``img_r{1,5,10}`` are percentages of ranks < K;
+``txt_r_mean``, ``img_r_mean`` their means and ``r_mean`` the mean of those two.
+A rank counts the wrong candidates scoring at least as high as the best ground truth
+(ties are losses: the official argsort breaks them by index, which can flatter a model
+whose scores collapse).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+
+from albef.data.tokenization import tokenize
+from albef.utils import comm
+
+logger = logging.getLogger("albef.evaluation")
+
+
+def retrieval_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, txt2img: Sequence[int], img2txt: Sequence[Sequence[int]]) -> dict[str, float]:
+    """scores_i2t [N_i, N_t], scores_t2i [N_t, N_i] -> the official recall metrics (percent)."""
+    n_i, n_t = scores_i2t.shape
+    gt_i2t = torch.zeros(n_i, n_t, dtype=torch.bool)
+    rows = torch.repeat_interleave(torch.arange(n_i), torch.tensor([len(t) for t in img2txt]))
+    gt_i2t[rows, torch.tensor([t for ts in img2txt for t in ts], dtype=torch.long)] = True
+    # Ties count against the ground truth, so a collapsed model (all scores equal) scores 0, not 100.
+    s = scores_i2t.float().cpu()
+    best_gt = s.masked_fill(~gt_i2t, float("-inf")).max(dim=1, keepdim=True).values
+    rank_i2t = ((s >= best_gt) & ~gt_i2t).sum(dim=1)
+    s = scores_t2i.float().cpu()
+    gt_idx = torch.tensor(txt2img, dtype=torch.long).view(-1, 1)
+    gt = s.gather(1, gt_idx)
+    others = torch.ones_like(s, dtype=torch.bool).scatter_(1, gt_idx, False)
+    rank_t2i = ((s >= gt) & others).sum(dim=1)
+    out: dict[str, float] = {}
+    for k in (1, 5, 10):
+        out[f"txt_r{k}"] = 100.0 * (rank_i2t < k).float().mean().item()
+    for k in (1, 5, 10):
+        out[f"img_r{k}"] = 100.0 * (rank_t2i < k).float().mean().item()
+    out["txt_r_mean"] = (out["txt_r1"] + out["txt_r5"] + out["txt_r10"]) / 3
+    out["img_r_mean"] = (out["img_r1"] + out["img_r5"] + out["img_r10"]) / 3
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out
+
+
+@torch.no_grad()
+def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds, text_mask, image_embeds, pair_batch: int, autocast) -> torch.Tensor:
+    """ITM logits for each query's top-k candidates; -100 elsewhere. Rows split across ranks.
+
+    sims [N_q, N_c] -> scores [N_q, N_c]. Pairs of many queries go through the fusion
+    encoder together, ``pair_batch`` pairs per forward.
+    """
+    n_q, n_c = sims.shape
+    k = min(k, n_c)
+    ws, rank = comm.get_world_size(), comm.get_rank()
+    per = (n_q + ws - 1) // ws
+    lo, hi = rank * per, min(n_q, (rank + 1) * per)
+    scores = torch.zeros(n_q, n_c, device=sims.device)
+    if hi > lo:
+        top = sims[lo:hi].topk(k, dim=1).indices  # [n, k]
+        q = torch.arange(lo, hi, device=sims.device).repeat_interleave(k)
+        c = top.reshape(-1)
+        t_idx, i_idx = (c, q) if query_is_image else (q, c)
+        logits = []
+        for s in range(0, q.numel(), pair_batch):
+            ti, ii = t_idx[s : s + pair_batch], i_idx[s : s + pair_batch]
+            with autocast:
+                logits.append(model.itm_scores(text_embeds[ti], text_mask[ti], image_embeds[ii]).float())
+        block = torch.full((hi - lo, n_c), -100.0, device=sims.device)
+        block.scatter_(1, top, torch.cat(logits).view(hi - lo, k))
+        scores[lo:hi] = block
+    return comm.all_reduce_sum(scores)
+
+
+@torch.no_grad()
+def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False) -> dict[str, dict[str, float]]:
+    """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only when the model has an ITM head)."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+    try:
+        text_embeds, text_mask, text_feat = [], [], []
+        for s in range(0, len(dataset.text), text_batch):
+            enc = tokenize(tokenizer, dataset.text[s : s + text_batch], max_tokens, pad_to_max=True)
+            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            with autocast:
+                emb, feat = model.encode_text(ids, mask)
+            text_embeds.append(emb)
+            text_mask.append(mask)
+            text_feat.append(feat.float())
+        text_embeds, text_mask, text_feat = torch.cat(text_embeds), torch.cat(text_mask), torch.cat(text_feat)
+        n_img = len(dataset)
+        image_embeds, image_feat = [None] * n_img, [None] * n_img
+        for batch in image_loader:
+            with autocast:
+                emb, feat = model.encode_image(batch["image"].to(device))
+            for j, i in enumerate(batch["index"].tolist()):
+                image_embeds[i], image_feat[i] = emb[j], feat[j].float()
+        image_embeds, image_feat = torch.stack(image_embeds), torch.stack(image_feat)
+        sims = image_feat @ text_feat.t()  # [N_i, N_t], cosine (no temperature), as the official code
+        results = {"retrieval_itc": retrieval_metrics(sims, sims.t(), dataset.txt2img, dataset.img2txt)}
+        if model.itm_head is not None:
+            s_i2t = _rerank(model, sims, k_test, True, text_embeds, text_mask, image_embeds, pair_batch, autocast)
+            s_t2i = _rerank(model, sims.t().contiguous(), k_test, False, text_embeds, text_mask, image_embeds, pair_batch, autocast)
+            results["retrieval"] = retrieval_metrics(s_i2t, s_t2i, dataset.txt2img, dataset.img2txt)
+        else:
+            logger.warning("The model has no ITM head (ITM objective off): reporting ITC retrieval only")
+    finally:
+        model.train(was_training)
+    return results
+
+
+def format_results_table(results: dict[str, dict[str, float]]) -> str:
+    cols = ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"]
+    head = f"| {'scores':<15} | " + " | ".join(f"{c:>7}" for c in cols) + " |"
+    lines = [head, "|" + "-" * 17 + "|" + "|".join("-" * 9 for _ in cols) + "|"]
+    for name, m in results.items():
+        lines.append(f"| {name:<15} | " + " | ".join(f"{m[c]:7.2f}" for c in cols) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Text encoder: the first ``num_layers`` layers of a transformers BERT."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from albef.registry import TEXT_ENCODER_REGISTRY
+
+
+@TEXT_ENCODER_REGISTRY.register()
+class BertTextEncoder(nn.Module):
+    """BERT embeddings + layers ``[0, num_layers)`` (ALBEF's ``mode='text'``).
+
+    ``forward(input_ids [B, L], attention_mask [B, L]) -> hidden [B, L, H]``.
+
+    Args:
+        num_layers: how many BERT layers encode text alone (6 in the paper; the
+            remaining BERT layers become the fusion blocks).
+        config: ``transformers.BertConfig`` fields. ``vocab_size: null`` takes the
+            tokenizer's size.
+        vocab_size, pad_token_id: supplied by the builder from the tokenizer.
+    """
+
+    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0):
+        super().__init__()
+        fields = dict(config or {})
+        cfg_vocab = fields.pop("vocab_size", None)
+        if cfg_vocab is None:
+            if vocab_size is None:
+                raise ValueError("model.text_encoder.config.vocab_size is null and no tokenizer size was given")
+            cfg_vocab = vocab_size
+        elif vocab_size is not None and cfg_vocab < vocab_size:
+            raise ValueError(
+                f"model.text_encoder.config.vocab_size={cfg_vocab} is smaller than the tokenizer's vocabulary ({vocab_size})"
+            )
+        fields.setdefault("pad_token_id", pad_token_id)
+        try:
+            bert_cfg = BertConfig(vocab_size=cfg_vocab, num_hidden_layers=num_layers, **fields)
+        except TypeError as e:
+            raise ValueError(f"model.text_encoder.config: {e}") from e
+        bert_cfg._attn_implementation = "sdpa"
+        self.config = bert_cfg
+        self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        self.hidden_size: int = bert_cfg.hidden_size
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

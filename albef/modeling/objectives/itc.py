@@ -1,0 +1,48 @@
+"""Image-text contrastive loss with momentum-distilled targets."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from albef.modeling.context import StepContext
+from albef.modeling.objectives.base import Objective
+from albef.registry import OBJECTIVE_REGISTRY
+
+
+def contrastive_targets(batch_size: int, num_cols: int, image_ids: torch.Tensor | None, idx_all: torch.Tensor | None, device) -> torch.Tensor:
+    """[B, B+Q] ground-truth distribution: the diagonal, or uniform over every column sharing the image id."""
+    if image_ids is not None and idx_all is not None:
+        pos = (image_ids.view(-1, 1) == idx_all.view(1, -1)).float()
+        return pos / pos.sum(dim=1, keepdim=True)  # the row's own pair is always a positive
+    t = torch.zeros(batch_size, num_cols, device=device)
+    t[:, :batch_size] = torch.eye(batch_size, device=device)
+    return t
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mean over rows of ``-sum_j targets_ij * log_softmax(logits)_ij``."""
+    return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
+
+
+@OBJECTIVE_REGISTRY.register()
+class ITCLoss(Objective):
+    """ALBEF's ITC (paper eq. 1-2, with MoD eq. 6).
+
+    sim_i2t = s(I, T_m ∪ queue) / temp, targets = alpha * softmax(sim_m) + (1 - alpha) * y,
+    where y is one-hot on the pair (or uniform over same-image columns when the batch
+    has image ids) and sim_m uses the teacher's image features. Loss = (CE_i2t + CE_t2i) / 2.
+    """
+
+    def forward(self, ctx: StepContext) -> torch.Tensor:
+        t = ctx.teacher
+        sim_i2t, sim_t2i = ctx.sim_i2t, ctx.sim_t2i
+        b, n = sim_i2t.shape
+        targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, sim_i2t.device)
+        tgt_i2t = tgt_t2i = targets
+        if t.alpha > 0:
+            with torch.no_grad():
+                sim_i2t_m = t.image_feat_m @ t.text_feat_all.t() / ctx.temp
+                sim_t2i_m = t.text_feat_m @ t.image_feat_all.t() / ctx.temp
+                tgt_i2t = t.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - t.alpha) * targets
+                tgt_t2i = t.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - t.alpha) * targets
+        return (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i)) / 2

@@ -1,0 +1,63 @@
+"""Image-text matching on mined hard negatives."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from albef.modeling.context import StepContext
+from albef.modeling.heads.itm_head import ITMHead
+from albef.modeling.miners.base import MinedNegatives
+from albef.modeling.objectives.base import Objective
+from albef.registry import MINER_REGISTRY, OBJECTIVE_REGISTRY, build_component
+
+
+@OBJECTIVE_REGISTRY.register()
+class ITMLoss(Objective):
+    """Binary matched / not-matched classification of fused [CLS] tokens (paper eq. 3).
+
+    Per batch of B pairs: B positives, B (text b, negative image) and B (negative
+    text, image b) pairs, all fused in one forward of 3B pairs; logits [3B, 2],
+    labels [1]*B + [0]*2B, cross-entropy averaged over the pairs that have a valid
+    negative (all 3B in a normal batch, which is the official mean).
+
+    Negatives come from ``miner`` over the in-batch similarities ``ctx.sim_*[:, :B]``
+    (online vs teacher features, no gradient). A batch may pin them instead with
+    ``itm_neg_image_idx`` / ``itm_neg_text_idx`` [B] (tests, parity checks).
+
+    Args:
+        miner: config node of a MINER_REGISTRY component.
+        hidden_size: supplied by the builder (fusion width).
+    """
+
+    def __init__(self, weight: float = 1.0, miner: dict[str, Any] | None = None, hidden_size: int = 768):
+        super().__init__(weight)
+        self.miner = build_component(
+            MINER_REGISTRY, miner or {"name": "ContrastiveHardNegativeMiner"}, where="model.objectives.itm.miner"
+        )
+        self.itm_head = ITMHead(hidden_size)
+
+    def mine(self, ctx: StepContext) -> MinedNegatives:
+        b = ctx.batch_size
+        fixed_img, fixed_txt = ctx.batch.get("itm_neg_image_idx"), ctx.batch.get("itm_neg_text_idx")
+        if fixed_img is not None and fixed_txt is not None:
+            ones = torch.ones(b, dtype=torch.bool, device=fixed_img.device)
+            return MinedNegatives(fixed_img, fixed_txt, ones, ones)
+        with torch.no_grad():
+            return self.miner(ctx.sim_i2t[:, :b].detach(), ctx.sim_t2i[:, :b].detach(), ctx.image_ids)
+
+    def forward(self, ctx: StepContext) -> torch.Tensor:
+        b = ctx.batch_size
+        neg = self.mine(ctx)
+        text, mask, image = ctx.text_embeds, ctx.attention_mask, ctx.image_embeds
+        text_all = torch.cat([text, text, text[neg.neg_text_for_image]])
+        mask_all = torch.cat([mask, mask, mask[neg.neg_text_for_image]])
+        image_all = torch.cat([image, image[neg.neg_image_for_text], image])
+        fused = ctx.model.fusion(text_all, mask_all, image_all)  # [3B, L, H]
+        logits = self.itm_head(fused[:, 0]).float()  # [3B, 2]
+        labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
+        keep = torch.cat([torch.ones(b, dtype=torch.bool, device=logits.device), neg.valid_text, neg.valid_image]).float()
+        ctx.stats["dropped_itm_negatives"] = (2 * b - keep[b:].sum()).detach()
+        ce = F.cross_entropy(logits, labels, reduction="none")
+        return (ce * keep).sum() / keep.sum()

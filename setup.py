@@ -1,0 +1,28 @@
+"""Packaging for albef. ``pip install -e .[dev]`` installs the library plus test tools."""
+from setuptools import find_packages, setup
+
+setup(
+    name="albef",
+    version="0.1.0",
+    description="ALBEF (Align before Fuse) as a modular, config-driven vision-language framework",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["albef", "albef.*"]),
+    install_requires=[
+        # The local wheel cache serves torch 2.14.1 / torchvision 0.29.1; keep ranges they satisfy.
+        "torch>=2.4,<=2.14.1",
+        "torchvision>=0.19,<=0.29.1",
+        "timm>=1.0",
+        "transformers>=4.45",
+        "tokenizers>=0.19",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "omegaconf>=2.3",
+        "tensorboard>=2.14",
+        "pluggy>=1.3",
+        "pillow>=9.0",
+        "numpy>=1.24",
+    ],
+    extras_require={"dev": ["pytest>=7.0", "pytest-timeout>=2.1"]},
+)

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Pretrain ALBEF (and evaluate retrieval) from a config.
+
+    python tools/train_net.py --config-file configs/pretrain/synthetic.yaml [--resume] [--eval-only] [--num-gpus N] [KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout without installing
+
+from torch.multiprocessing import ProcessExitedException  # noqa: E402
+
+from albef.engine import Trainer, default_argument_parser, launch, setup  # noqa: E402
+from albef.utils import comm  # noqa: E402
+from albef.utils.errors import USER_ERRORS, report_user_error  # noqa: E402
+
+logger = logging.getLogger("albef")
+
+
+def main(args) -> None:
+    try:
+        cfg = setup(args)
+        trainer = Trainer(cfg)
+        if args.eval_only:
+            if args.resume and trainer.checkpointer.has_checkpoint():
+                trainer.checkpointer.load(trainer.checkpointer.get_checkpoint_file(), checkpointables=[])
+            elif cfg.model.weights:
+                trainer.resume_or_load(resume=False)
+            else:
+                logger.warning("--eval-only without --resume or model.weights: evaluating randomly initialised weights")
+            results = trainer.evaluate()
+            if comm.is_main_process() and results:
+                from albef.utils.events import append_metrics
+
+                append_metrics(os.path.join(cfg.output_dir, "metrics.json"), results)
+            return
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+    except USER_ERRORS as e:
+        report_user_error(e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        launch(main, args.num_gpus, args=(args,))
+    except USER_ERRORS as e:
+        report_user_error(e)
+        sys.exit(2)
+    except ProcessExitedException as e:  # a spawned rank exited non-zero; it reported why
+        sys.exit(e.exit_code or 1)
