@@ -72,7 +72,14 @@ def get_component(registry: Registry, name: str, where: str = "") -> Any:
 
 
 def _accepted_kwargs(cls: Any) -> tuple[set[str], bool]:
-    target = cls.__init__ if inspect.isclass(cls) else cls
+    """(keyword names the factory accepts, whether it takes ``**kwargs``)."""
+    if inspect.isclass(cls):
+        owner = next((k for k in cls.__mro__ if "__init__" in vars(k)), object)
+        if owner is object or owner.__module__.startswith("torch."):
+            return set(), False  # nn.Module.__init__(*args, **kwargs) takes no configuration
+        target = cls.__init__
+    else:
+        target = cls
     sig = inspect.signature(target)
     names, var_kw = set(), False
     for p in sig.parameters.values():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import yaml
@@ -27,6 +28,29 @@ from albef.config.defaults import get_default_config_dict
 from albef.utils.file_io import PathManager
 
 BASE_KEY = "_base_"
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: ``1e-4`` is a float, ``off``/``yes``/``no`` are strings."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Yaml12Loader)
 
 
 class ConfigError(ValueError):
@@ -63,7 +87,9 @@ def _type_ok(old: Any, new: Any) -> bool:
         return True
     if isinstance(old, bool):
         return isinstance(new, bool)
-    if isinstance(old, (int, float)):
+    if isinstance(old, int):
+        return isinstance(new, int) and not isinstance(new, bool)
+    if isinstance(old, float):
         return isinstance(new, (int, float)) and not isinstance(new, bool)
     if isinstance(old, str):
         return isinstance(new, str)
@@ -74,10 +100,19 @@ def _type_ok(old: Any, new: Any) -> bool:
     return True
 
 
-def merge_layer(base: dict, update: dict, source: str, root: dict | None = None, prefix: str = "") -> dict:
-    """Merge ``update`` into ``base`` in place following the module's rules."""
+_MISSING = object()
+
+
+def merge_layer(base: dict, update: dict, source: str, root: dict | None = None, prefix: str = "", schema: Any = _MISSING) -> dict:
+    """Merge ``update`` into ``base`` in place following the module's rules.
+
+    ``schema`` is the default tree at the same path (``{}`` there marks a free-form map).
+    """
     root = base if root is None else root
-    open_node = _is_component(base) or _is_component_map(base) or not base  # {} in the schema: free-form map
+    if schema is _MISSING:
+        schema = get_default_config_dict()
+    free_form = isinstance(schema, dict) and not schema
+    open_node = _is_component(base) or _is_component_map(base) or free_form
     for key, value in update.items():
         full = f"{prefix}{key}"
         if key == BASE_KEY:
@@ -96,11 +131,14 @@ def merge_layer(base: dict, update: dict, source: str, root: dict | None = None,
             base[key] = value
             continue
         old = base[key]
+        sub_schema = schema.get(key) if isinstance(schema, dict) else None
         if isinstance(value, dict) and isinstance(old, dict):
             if _is_component(old) and "name" in value and value["name"] != old["name"]:
                 base[key] = value  # a different component: the old arguments do not apply
+            elif not value and isinstance(sub_schema, dict) and not sub_schema:
+                base[key] = {}  # `{}` empties a free-form map
             else:
-                merge_layer(old, value, source, root, full + ".")
+                merge_layer(old, value, source, root, full + ".", sub_schema)
         else:
             if not _type_ok(old, value):
                 raise ConfigError(
@@ -116,7 +154,7 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"Config file not found: {path}")
     with PathManager.open(path, "r") as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML: {e}") from e
     if data is None:
@@ -155,7 +193,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"command line: override '{item}' has an invalid key.")
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+            value = yaml_load(raw) if raw.strip() != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"command line: cannot parse the value of '{item}': {e}") from e
         node = out

@@ -21,7 +21,11 @@ def build_tokenizer(name_or_path: str):
         if not name_or_path.endswith(".txt"):
             raise TokenizerError(f"data.tokenizer: {name_or_path} is a file but not a WordPiece vocab.txt")
         with open(name_or_path, encoding="utf-8") as f:
-            size = sum(1 for line in f if line.rstrip("\n"))
+            tokens = [line.rstrip("\n") for line in f if line.rstrip("\n")]
+        size = len(tokens)
+        missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t not in set(tokens)]
+        if missing:
+            raise TokenizerError(f"data.tokenizer: {name_or_path} lacks the special token(s) {missing}")
         # transformers 5 takes the file as `vocab=` and silently ignores `vocab_file=`
         # (building a 5-token vocabulary); older releases are the other way round.
         for key in ("vocab", "vocab_file"):
@@ -33,9 +37,6 @@ def build_tokenizer(name_or_path: str):
                 break
         else:
             raise TokenizerError(f"data.tokenizer: could not load the {size}-token vocabulary {name_or_path}")
-        missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]") if t not in tok.get_vocab()]
-        if missing:
-            raise TokenizerError(f"data.tokenizer: {name_or_path} lacks the special token(s) {missing}")
         return tok
     try:
         return AutoTokenizer.from_pretrained(name_or_path)

@@ -1,12 +1,11 @@
 """Train a WordPiece vocabulary from caption JSON files (so runs work offline)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Iterator
 
+from albef.data.datasets.base import DataError, captions_of, read_json_list
 from albef.data.text import pre_caption
-from albef.utils.file_io import PathManager
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -14,11 +13,11 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def iter_captions(ann_files: Iterable[str], max_words: int = 30) -> Iterator[str]:
     """Every caption (str or list of str) of official-format JSON files, preprocessed as in training."""
     for path in ann_files:
-        with PathManager.open(path, "r") as f:
-            anns = json.load(f)
-        for ann in anns:
-            caps = ann.get("caption", ann.get("text", ann.get("sentence", [])))
-            for c in [caps] if isinstance(caps, str) else caps:
+        for i, ann in enumerate(read_json_list(path)):
+            if not isinstance(ann, dict):
+                raise DataError(f"{path}: entry {i} is not an object: {ann!r}")
+            key = next((k for k in ("caption", "text", "sentence") if k in ann), "caption")
+            for c in captions_of(ann, path, i, key):
                 c = pre_caption(c, max_words)
                 if c:
                     yield c

@@ -99,13 +99,13 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
 def build_lr_scheduler(cfg: DictConfig) -> ParamScheduler:
     """Linear warm-up from ``warmup_lr`` to ``lr`` over ``warmup_iters``, then cosine to ``min_lr`` (per iteration)."""
     t = cfg.train
-    w = min(max(t.warmup_iters, 0) / max(t.max_iter, 1), 1.0)
+    w = max(t.warmup_iters, 0) / max(t.max_iter, 1)
     cosine = CosineParamScheduler(t.lr, t.min_lr)
     if w <= 0:
         return cosine
+    if w >= 1:  # the run ends inside the warm-up: follow the same ramp and stop part-way
+        return LinearParamScheduler(t.warmup_lr, t.warmup_lr + (t.lr - t.warmup_lr) / w)
     warm = LinearParamScheduler(t.warmup_lr, t.lr)
-    if w >= 1:
-        return warm
     return CompositeParamScheduler([warm, cosine], lengths=[w, 1 - w], interval_scaling=["rescaled", "rescaled"])
 
 
@@ -120,6 +120,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        os.makedirs(cfg.output_dir, exist_ok=True)
         self.device = resolve_device(cfg)
         self.amp = resolve_amp(cfg, self.device)
         prepare_synthetic(cfg)

@@ -49,7 +49,7 @@ class EventStorage:
     def put_scalar(self, name: str, value: Any, smoothing_hint: bool = True) -> None:
         """Record ``value`` (float or 0-dim tensor) for the current iteration; no host sync."""
         if isinstance(value, torch.Tensor):
-            value = value.detach()
+            value = value.detach().clone()  # a later in-place change must not rewrite history
         self._pending.append((name, self.iter, value))
         self._smoothing.setdefault(name, smoothing_hint)
 
