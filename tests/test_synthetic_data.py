@@ -113,7 +113,7 @@ def test_json_formats_and_images(small):
     assert isinstance(test, list) and len(test) == 4 * SMALL["num_test_groups"]
     for split, anns in (("train", pretrain), ("test", test)):
         for i, ann in enumerate(anns):
-            assert set(ann) == {"image", "caption"}
+            assert set(ann) == ({"image", "caption", "image_id"} if split == "train" else {"image", "caption"})
             assert ann["image"] == f"images/{split}/{i:06d}.jpg"  # relative to image_root
             assert isinstance(ann["caption"], list) and all(isinstance(c, str) and c for c in ann["caption"])
             assert _CAPTION_RE.match(ann["caption"][0]), ann["caption"][0]
@@ -122,9 +122,11 @@ def test_json_formats_and_images(small):
                 assert img.size == (SMALL["image_size"], SMALL["image_size"])
     for ann in pretrain:
         assert len(ann["caption"]) >= 2 and len(set(ann["caption"])) == len(ann["caption"])
+        # the image id names the scene: its canonical caption, which is among the captions
+        assert ann["image_id"] == ann["caption"][0]
     for ann in test:
         assert len(ann["caption"]) == 1
-    assert manifest["params"] == {**SMALL, "holdout_test_scenes": True, "jpeg_quality": 95}
+    assert manifest["params"] == {**SMALL, "holdout_test_scenes": True, "jpeg_quality": 95, "num_colors": 6, "num_shapes": 4}
     assert manifest["counts"]["train_images"] == len(pretrain)
     assert manifest["counts"]["test_images"] == len(test)
     with open(os.path.join(root, "manifest.json")) as f:
@@ -297,7 +299,7 @@ def test_concurrent_generation(tmp_path):
         results = [pool.apply_async(generate_synthetic, (root,), _CONCURRENT) for _ in range(2)]
         manifests = [r.get(timeout=120) for r in results]
     assert manifests[0] == manifests[1]
-    assert manifests[0]["params"] == {**_CONCURRENT, "holdout_test_scenes": True, "jpeg_quality": 95}
+    assert manifests[0]["params"] == {**_CONCURRENT, "holdout_test_scenes": True, "jpeg_quality": 95, "num_colors": 6, "num_shapes": 4}
     assert os.listdir(parent) == ["shapes"]  # no leftover temp dirs
     assert os.path.isfile(os.path.join(root, "manifest.json"))
     assert len(os.listdir(os.path.join(root, "images", "train"))) == _CONCURRENT["num_train_images"]
@@ -326,3 +328,15 @@ def test_lost_rename_race_uses_existing_root(tmp_path, monkeypatch):
     assert len(calls) == 1 and ".tmp-" in calls[0][0]
     assert os.listdir(parent) == ["shapes"]
     assert _tree(root) == _tree(winner)
+
+
+def test_smaller_world_uses_the_first_colours_and_shapes(tmp_path):
+    root = str(tmp_path / "small_world")
+    m = generate_synthetic(root, seed=0, image_size=32, num_train_images=60, num_test_groups=4, num_colors=3, num_shapes=2)
+    pretrain, test = _load(root)
+    words = {w for a in pretrain + test for c in a["caption"] for w in c.split()}
+    assert {"red", "green", "blue"} <= words and not words & {"yellow", "purple", "orange", "triangle", "cross"}
+    assert m["shapes"] == ["circle", "square"] and list(m["colors"]) == ["red", "green", "blue"]
+    # 3 colour pairs x 1 shape pair x 2 axes = 6 possible groups
+    with pytest.raises(ValueError, match="num_test_groups"):
+        generate_synthetic(str(tmp_path / "too_many"), image_size=32, num_train_images=10, num_test_groups=7, num_colors=3, num_shapes=2)

@@ -354,3 +354,21 @@ def test_momentum_teacher_rejects_bad_arguments():
     t.set_alpha_scale(0.5)
     assert t.current_alpha == pytest.approx(0.2)
     assert not t.has_module("mlm_head")  # nothing attached yet
+
+
+def test_text_encoder_matches_bert_model_forward():
+    """Our direct embeddings+encoder call (no host sync) equals transformers' BertModel.forward."""
+    from albef.modeling.encoders.bert_text import BertTextEncoder
+
+    torch.manual_seed(0)
+    enc = BertTextEncoder(num_layers=2, config={"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}, vocab_size=50).eval()
+    ids = torch.randint(5, 50, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[1, 6:] = 0
+    ref = enc.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(enc(ids, mask), ref, rtol=0, atol=1e-6)
+    # padding changes nothing for the real tokens
+    ids2 = ids.clone()
+    ids2[0, 4:] = 7
+    torch.testing.assert_close(enc(ids2, mask)[0, :4], enc(ids, mask)[0, :4], rtol=0, atol=1e-6)

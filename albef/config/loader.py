@@ -5,7 +5,8 @@ Merge rules, applied layer by layer over :func:`get_default_config_dict`:
 
 * A key that does not exist in the tree is an error naming the file (or the command
   line), the full key and the closest valid keys.
-* *Open* nodes accept new keys: a component node (a mapping with a ``name`` key, whose
+* *Open* nodes accept new keys: a node that is null in the schema (its consumer checks
+  it, e.g. ``data.synthetic`` against the generator's arguments), a component node (a mapping with a ``name`` key, whose
   other keys are its constructor arguments and are checked when it is built) and a
   component map (a mapping whose values are all component nodes or null, such as
   ``model.objectives``, where a new key adds a component), and a mapping that is
@@ -111,7 +112,9 @@ def merge_layer(base: dict, update: dict, source: str, root: dict | None = None,
     root = base if root is None else root
     if schema is _MISSING:
         schema = get_default_config_dict()
-    free_form = isinstance(schema, dict) and not schema
+    # {} in the schema: a free-form map; null in the schema: a node whose contents are
+    # checked by whatever consumes it (a component, the synthetic-data generator).
+    free_form = schema is None or (isinstance(schema, dict) and not schema)
     open_node = _is_component(base) or _is_component_map(base) or free_form
     for key, value in update.items():
         full = f"{prefix}{key}"

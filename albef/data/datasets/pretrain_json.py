@@ -25,8 +25,11 @@ logger = logging.getLogger("albef.data")
 class PretrainJSON(Dataset):
     """Image-caption pairs for pretraining.
 
-    Each entry: ``image`` (absolute, or relative to ``image_root``) and ``caption``
-    (a string, or a list from which one is drawn per access as the official code does).
+    Each entry: ``image`` (absolute, or relative to ``image_root``), ``caption``
+    (a string, or a list from which one is drawn per access as the official code does)
+    and optionally ``image_id`` (any JSON value, as in the official retrieval-train
+    format); entries with the same ``image_id`` -- or, without one, the same image
+    file -- share an id, which makes them ITC positives and excludes them as ITM negatives.
     Captions are preprocessed with the official ``pre_caption``; an entry whose
     captions are all empty is skipped at load time and reported with its file and index.
 
@@ -81,7 +84,8 @@ class PretrainJSON(Dataset):
                 path = resolve_image_path(ann["image"], image_root)
                 self.paths.append(path)
                 self.captions.append(caps)
-                self.image_id.append(ids.setdefault(path, len(ids)) if image_ids else len(self.paths) - 1)
+                key = ann.get("image_id", path)  # optional, as in the official retrieval-train format
+                self.image_id.append(ids.setdefault(key, len(ids)) if image_ids else len(self.paths) - 1)
         if not self.paths:
             raise DataError(f"no usable pretraining pairs in {list(ann_files)}")
         if self.load_report:

@@ -8,7 +8,7 @@ job can pretrain on a laptop CPU and then be evaluated on image-text retrieval::
     root/
       images/train/000000.jpg ...   RGB JPEG, image_size x image_size
       images/test/000000.jpg ...
-      pretrain.json   [{"image": "images/train/000000.jpg", "caption": [str, ...]}, ...]
+      pretrain.json   [{"image": "images/train/000000.jpg", "caption": [str, ...], "image_id": str}, ...]
       test.json       [{"image": "images/test/000000.jpg", "caption": [str]}, ...]
       vocab.txt       WordPiece vocabulary of all captions (every caption word is one token)
       manifest.json   format version, params, counts, test groups; marks a complete dataset
@@ -65,7 +65,7 @@ __all__ = [
     "synthetic_paths",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Colour name -> RGB, chosen far apart from each other and from the light background.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -134,8 +134,13 @@ def scene_captions(scene: Scene) -> list[str]:
     return [f"{a} above {b}", f"{b} below {a}"]
 
 
-def _all_canonical_scenes() -> list[Scene]:
-    objects = [(c, s) for c in COLORS for s in SHAPES]
+def _palette(num_colors: int = len(COLORS), num_shapes: int = len(SHAPES)) -> tuple[list[str], list[str]]:
+    """The first ``num_colors`` colours and ``num_shapes`` shapes (a smaller, denser world)."""
+    return list(COLORS)[:num_colors], list(SHAPES)[:num_shapes]
+
+
+def _all_canonical_scenes(colors=tuple(COLORS), shapes=SHAPES) -> list[Scene]:
+    objects = [(c, s) for c in colors for s in shapes]
     return [
         (o1[0], o1[1], r, o2[0], o2[1])
         for r in ("left", "above")
@@ -143,12 +148,12 @@ def _all_canonical_scenes() -> list[Scene]:
     ]
 
 
-def _all_group_keys() -> list[tuple]:
+def _all_group_keys(colors=tuple(COLORS), shapes=SHAPES) -> list[tuple]:
     """(colour pair, shape pair, axis): each key defines one test group of 4 scenes."""
     return [
         (cp, sp, axis)
-        for cp in itertools.combinations(COLORS, 2)
-        for sp in itertools.combinations(SHAPES, 2)
+        for cp in itertools.combinations(colors, 2)
+        for sp in itertools.combinations(shapes, 2)
         for axis in ("x", "y")
     ]
 
@@ -251,8 +256,10 @@ def synthetic_paths(root: str) -> dict:
     }
 
 
-def _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality) -> dict:
+def _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes) -> dict:
     return {
+        "num_colors": int(num_colors),
+        "num_shapes": int(num_shapes),
         "seed": int(seed),
         "image_size": int(image_size),
         "num_train_images": int(num_train_images),
@@ -267,7 +274,11 @@ def _check_params(p: dict) -> None:
         raise ValueError(f"image_size must be >= {_MIN_IMAGE_SIZE}, got {p['image_size']}")
     if p["num_train_images"] < 1:
         raise ValueError(f"num_train_images must be >= 1, got {p['num_train_images']}")
-    n_groups = len(_all_group_keys())
+    if not 2 <= p["num_colors"] <= len(COLORS):
+        raise ValueError(f"num_colors must be in [2, {len(COLORS)}], got {p['num_colors']}")
+    if not 2 <= p["num_shapes"] <= len(SHAPES):
+        raise ValueError(f"num_shapes must be in [2, {len(SHAPES)}], got {p['num_shapes']}")
+    n_groups = len(_all_group_keys(*_palette(p["num_colors"], p["num_shapes"])))
     if not 1 <= p["num_test_groups"] <= n_groups:
         raise ValueError(f"num_test_groups must be in [1, {n_groups}], got {p['num_test_groups']}")
     if not 1 <= p["jpeg_quality"] <= 100:
@@ -336,7 +347,8 @@ def _build(tmp: str, p: dict) -> None:
 
     # --- test scenes: distinct groups, so scenes never repeat across groups
     group_rng = random.Random(f"{tag}/test-groups")
-    keys = group_rng.sample(_all_group_keys(), p["num_test_groups"])
+    colors, shapes = _palette(p["num_colors"], p["num_shapes"])
+    keys = group_rng.sample(_all_group_keys(colors, shapes), p["num_test_groups"])
     test_items = []  # (group index, kind, scene)
     for g, key in enumerate(keys):
         for kind, scene in _group_scenes(key, group_rng):
@@ -346,7 +358,7 @@ def _build(tmp: str, p: dict) -> None:
     random.Random(f"{tag}/test-order").shuffle(test_items)
 
     # --- train scenes: balanced passes over shuffled scene lists
-    pool = _all_canonical_scenes()
+    pool = _all_canonical_scenes(colors, shapes)
     if p["holdout_test_scenes"]:
         pool = [sc for sc in pool if sc not in test_scenes]
     train_rng = random.Random(f"{tag}/train-scenes")
@@ -365,7 +377,9 @@ def _build(tmp: str, p: dict) -> None:
         data = _render(scene, size, random.Random(f"{tag}/render/train/{i}"), q)
         with open(os.path.join(tmp, rel), "wb") as f:
             f.write(data)
-        pretrain.append({"image": rel, "caption": scene_captions(scene)})
+        # image_id names the scene: every render of a scene shows the same content, so
+        # its captions are positives (ITC) and never negatives (ITM) of one another.
+        pretrain.append({"image": rel, "caption": scene_captions(scene), "image_id": canonical_caption(scene)})
     test = []
     groups: dict[int, dict[str, int]] = {}
     for i, (g, kind, scene) in enumerate(test_items):
@@ -392,8 +406,8 @@ def _build(tmp: str, p: dict) -> None:
             "test_groups": len(groups),
             "heldout_scenes": len(test_scenes) if p["holdout_test_scenes"] else 0,
         },
-        "colors": {k: list(v) for k, v in COLORS.items()},
-        "shapes": list(SHAPES),
+        "colors": {k: list(COLORS[k]) for k in colors},
+        "shapes": list(shapes),
         "relations": list(RELATIONS),
         # keeps every caption true under a horizontal flip (data.transforms.hflip_swap_words)
         "hflip_swap_words": {"left": "right", "right": "left"},
@@ -411,6 +425,8 @@ def generate_synthetic(
     num_test_groups: int = 25,
     holdout_test_scenes: bool = True,
     jpeg_quality: int = 95,
+    num_colors: int = 6,
+    num_shapes: int = 4,
 ) -> dict:
     """Generate the dataset under `root` if it is not there yet (or was generated with other
     parameters, in which case raise ValueError naming root, the stored and the requested params);
@@ -420,7 +436,7 @@ def generate_synthetic(
     directory next to ``root`` and renames it into place; a loser of that race deletes
     its copy and uses the winner's (after checking its manifest).
     """
-    params = _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality)
+    params = _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes)
     _check_params(params)
     root = os.fspath(root)
     if os.path.exists(root) and not _is_empty_dir(root):

@@ -50,4 +50,9 @@ class BertTextEncoder(nn.Module):
         return self.bert.embeddings.word_embeddings
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Embeddings and layers are called directly with a boolean [B, 1, 1, L] mask:
+        # BertModel.forward would first ask `attention_mask.all()` to decide whether it
+        # can drop the mask, a device-to-host sync on every call. Same values.
+        hidden = self.bert.embeddings(input_ids=input_ids)
+        out = self.bert.encoder(hidden, attention_mask=attention_mask[:, None, None, :].to(torch.bool))
+        return out[0] if isinstance(out, tuple) else out.last_hidden_state
