@@ -224,3 +224,17 @@ def test_interpolation_error_names_the_key(synthetic_root, tmp_path):
     r = run_cli(["--config-file", TINY, "data.synthetic=null", f"output_dir={tmp_path / 'x'}"])
     assert r.returncode == 2
     assert "data.tokenizer" in r.stderr or "data.train" in r.stderr
+
+
+def test_torchrun_two_processes(synthetic_root, tmp_path):
+    out = str(tmp_path / "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(REPO, "tools", "train_net.py"), *base_args(synthetic_root, out, "train.max_iter=2", "data.test=null")],
+        cwd=REPO, capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Rank 0 of 2" in r.stdout
+    ck = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
+    assert int(ck["model"]["teacher.queue.ptr"]) == (2 * 2 * 8) % 24

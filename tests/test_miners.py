@@ -245,3 +245,27 @@ def test_miners_are_vectorised_and_fast(miner_cls, monkeypatch):
     assert neg.valid_text.all() and neg.valid_image.all()
     assert not same[torch.arange(b), neg.neg_image_for_text].any()
     assert not same[torch.arange(b), neg.neg_text_for_image].any()
+
+
+def test_fixed_sampling_temperature_softens_a_sharp_itc_temperature():
+    """With temperature=t the miner samples from softmax(cosine / t), whatever the ITC temperature."""
+    from albef.modeling.miners.contrastive_hard import ContrastiveHardNegativeMiner
+
+    torch.manual_seed(0)
+    cos = torch.tensor([[1.0, 0.9, 0.5], [0.9, 1.0, 0.5], [0.5, 0.9, 1.0]])
+    itc_temp = torch.tensor(0.01)
+    official = ContrastiveHardNegativeMiner()
+    soft = ContrastiveHardNegativeMiner(temperature=0.5)
+    n = 4000
+    counts_off = torch.zeros(3)
+    counts_soft = torch.zeros(3)
+    for _ in range(n // 100):
+        for _ in range(100):
+            counts_off[official(cos / itc_temp, cos / itc_temp, None, temp=itc_temp).neg_image_for_text[0]] += 1
+            counts_soft[soft(cos / itc_temp, cos / itc_temp, None, temp=itc_temp).neg_image_for_text[0]] += 1
+    # official: softmax([0.9, 0.5] / 0.01) -> practically always column 1
+    assert counts_off[1] / n > 0.999
+    p = torch.softmax(torch.tensor([0.9, 0.5]) / 0.5, 0)
+    assert abs(counts_soft[1] / n - p[0].item()) < 0.03 and abs(counts_soft[2] / n - p[1].item()) < 0.03
+    with pytest.raises(ValueError):
+        ContrastiveHardNegativeMiner(temperature=0.0)

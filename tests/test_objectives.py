@@ -257,7 +257,7 @@ class _StubMiner(nn.Module):
         self.out = out
         self.calls = []
 
-    def forward(self, sim_i2t, sim_t2i, image_ids):
+    def forward(self, sim_i2t, sim_t2i, image_ids, temp=None):
         self.calls.append((sim_i2t, sim_t2i, image_ids))
         return self.out
 

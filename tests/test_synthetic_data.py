@@ -126,7 +126,7 @@ def test_json_formats_and_images(small):
         assert ann["image_id"] == ann["caption"][0]
     for ann in test:
         assert len(ann["caption"]) == 1
-    assert manifest["params"] == {**SMALL, "holdout_test_scenes": True, "jpeg_quality": 95, "num_colors": 6, "num_shapes": 4}
+    assert manifest["params"] == {**SMALL, "holdout_test_scenes": True, "jpeg_quality": 95, "num_colors": 6, "num_shapes": 4, "test_group_size": 4}
     assert manifest["counts"]["train_images"] == len(pretrain)
     assert manifest["counts"]["test_images"] == len(test)
     with open(os.path.join(root, "manifest.json")) as f:
@@ -299,7 +299,7 @@ def test_concurrent_generation(tmp_path):
         results = [pool.apply_async(generate_synthetic, (root,), _CONCURRENT) for _ in range(2)]
         manifests = [r.get(timeout=120) for r in results]
     assert manifests[0] == manifests[1]
-    assert manifests[0]["params"] == {**_CONCURRENT, "holdout_test_scenes": True, "jpeg_quality": 95, "num_colors": 6, "num_shapes": 4}
+    assert manifests[0]["params"] == {**_CONCURRENT, "holdout_test_scenes": True, "jpeg_quality": 95, "num_colors": 6, "num_shapes": 4, "test_group_size": 4}
     assert os.listdir(parent) == ["shapes"]  # no leftover temp dirs
     assert os.path.isfile(os.path.join(root, "manifest.json"))
     assert len(os.listdir(os.path.join(root, "images", "train"))) == _CONCURRENT["num_train_images"]
@@ -340,3 +340,17 @@ def test_smaller_world_uses_the_first_colours_and_shapes(tmp_path):
     # 3 colour pairs x 1 shape pair x 2 axes = 6 possible groups
     with pytest.raises(ValueError, match="num_test_groups"):
         generate_synthetic(str(tmp_path / "too_many"), image_size=32, num_train_images=10, num_test_groups=7, num_colors=3, num_shapes=2)
+
+
+def test_minimal_pairs_rotate_the_swap_kind(tmp_path):
+    root = str(tmp_path / "pairs")
+    m = generate_synthetic(root, seed=1, image_size=32, num_train_images=40, num_test_groups=6, test_group_size=2)
+    _, test = _load(root)
+    assert len(test) == 12
+    kinds = []
+    for g in m["test_groups"]:
+        assert set(g) == {"base", next(k for k in g if k != "base")} and len(g) == 2
+        kinds.append(next(k for k in g if k != "base"))
+        a, b = (test[i]["caption"][0] for i in g.values())
+        assert sorted(a.split()) == sorted(b.split()) and a != b  # same words, another binding
+    assert set(kinds) == {"color_swap", "shape_swap", "relation_swap"}

@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
 from albef.data.tokenization import PretrainCollator, eval_image_collate
 from albef.registry import DATASET_REGISTRY, build_component
@@ -29,7 +30,10 @@ def prepare_synthetic(cfg: DictConfig) -> None:
     bad = [k for k in kwargs if k not in accepted]
     if bad:
         raise ComponentError(f"data.synthetic: unknown key(s) {bad}; valid keys: {', '.join(sorted(accepted))}")
-    manifest = generate_synthetic(**kwargs)
+    try:
+        manifest = generate_synthetic(**kwargs)
+    except ValueError as e:  # bad parameters, or a root generated with other ones
+        raise DataError(f"data.synthetic: {e}") from e
     logger.info("Synthetic data at %s: %s", kwargs.get("root"), manifest.get("counts", {}))
 
 

@@ -39,6 +39,8 @@ and the same axis: the base ``(c1, s1, r, c2, s2)`` (c1 != c2, s1 != s2), its co
 ``(c1, s1, inverse(r), c2, s2)`` (canonically ``(c2, s2, r, c1, s1)``).  The four canonical
 captions are permutations of the same words, so each is a hard negative for the others.
 Groups never share a scene.  With ``holdout_test_scenes`` no test scene appears in training.
+``test_group_size`` < 4 keeps the base and ``test_group_size - 1`` of the swaps (which swap
+kinds rotates from group to group); 2 gives minimal pairs.
 """
 from __future__ import annotations
 
@@ -256,8 +258,9 @@ def synthetic_paths(root: str) -> dict:
     }
 
 
-def _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes) -> dict:
+def _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes, test_group_size) -> dict:
     return {
+        "test_group_size": int(test_group_size),
         "num_colors": int(num_colors),
         "num_shapes": int(num_shapes),
         "seed": int(seed),
@@ -279,6 +282,8 @@ def _check_params(p: dict) -> None:
     if not 2 <= p["num_shapes"] <= len(SHAPES):
         raise ValueError(f"num_shapes must be in [2, {len(SHAPES)}], got {p['num_shapes']}")
     n_groups = len(_all_group_keys(*_palette(p["num_colors"], p["num_shapes"])))
+    if not 2 <= p["test_group_size"] <= 4:
+        raise ValueError(f"test_group_size must be 2, 3 or 4, got {p['test_group_size']}")
     if not 1 <= p["num_test_groups"] <= n_groups:
         raise ValueError(f"num_test_groups must be in [1, {n_groups}], got {p['num_test_groups']}")
     if not 1 <= p["jpeg_quality"] <= 100:
@@ -350,8 +355,14 @@ def _build(tmp: str, p: dict) -> None:
     colors, shapes = _palette(p["num_colors"], p["num_shapes"])
     keys = group_rng.sample(_all_group_keys(colors, shapes), p["num_test_groups"])
     test_items = []  # (group index, kind, scene)
+    swaps = ("color_swap", "shape_swap", "relation_swap")
     for g, key in enumerate(keys):
-        for kind, scene in _group_scenes(key, group_rng):
+        members = _group_scenes(key, group_rng)
+        if p["test_group_size"] < 4:
+            # base plus test_group_size - 1 of the swaps, rotating which swap comes first
+            chosen = {swaps[(g + j) % 3] for j in range(p["test_group_size"] - 1)}
+            members = [(k, sc) for k, sc in members if k == "base" or k in chosen]
+        for kind, scene in members:
             test_items.append((g, kind, scene))
     test_scenes = {sc for _, _, sc in test_items}
     assert len(test_scenes) == len(test_items), "test scenes must be unique"
@@ -427,6 +438,7 @@ def generate_synthetic(
     jpeg_quality: int = 95,
     num_colors: int = 6,
     num_shapes: int = 4,
+    test_group_size: int = 4,
 ) -> dict:
     """Generate the dataset under `root` if it is not there yet (or was generated with other
     parameters, in which case raise ValueError naming root, the stored and the requested params);
@@ -436,7 +448,7 @@ def generate_synthetic(
     directory next to ``root`` and renames it into place; a loser of that race deletes
     its copy and uses the winner's (after checking its manifest).
     """
-    params = _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes)
+    params = _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes, test_group_size)
     _check_params(params)
     root = os.fspath(root)
     if os.path.exists(root) and not _is_empty_dir(root):

@@ -10,6 +10,16 @@ from transformers import BertConfig, BertModel
 from albef.registry import TEXT_ENCODER_REGISTRY
 
 
+def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Transformer sine-cosine position table [length, dim] (sin on the first half, cos on the second)."""
+    half = dim // 2
+    freq = temperature ** (-torch.arange(half, dtype=torch.float32) / max(half, 1))
+    ang = torch.arange(length, dtype=torch.float32)[:, None] * freq[None]
+    out = torch.zeros(length, dim)
+    out[:, :half], out[:, half : 2 * half] = torch.sin(ang), torch.cos(ang)
+    return out
+
+
 @TEXT_ENCODER_REGISTRY.register()
 class BertTextEncoder(nn.Module):
     """BERT embeddings + layers ``[0, num_layers)`` (ALBEF's ``mode='text'``).
@@ -21,10 +31,12 @@ class BertTextEncoder(nn.Module):
             remaining BERT layers become the fusion blocks).
         config: ``transformers.BertConfig`` fields. ``vocab_size: null`` takes the
             tokenizer's size.
+        position_init: ``random`` (BERT's initialisation) or ``sincos`` (1-D sine-cosine
+            values, still learnable), for models trained from scratch.
         vocab_size, pad_token_id: supplied by the builder from the tokenizer.
     """
 
-    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0):
+    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0, position_init: str = "random"):
         super().__init__()
         fields = dict(config or {})
         cfg_vocab = fields.pop("vocab_size", None)
@@ -45,6 +57,14 @@ class BertTextEncoder(nn.Module):
         self.config = bert_cfg
         self.bert = BertModel(bert_cfg, add_pooling_layer=False)
         self.hidden_size: int = bert_cfg.hidden_size
+        if position_init == "sincos":
+            with torch.no_grad():
+                table = self.bert.embeddings.position_embeddings.weight
+                sincos = sincos_1d(table.shape[0], table.shape[1])
+                # at the scale of the word embeddings, so position does not drown the words
+                table.copy_((sincos * (bert_cfg.initializer_range / sincos.std())).to(table.dtype))
+        elif position_init != "random":
+            raise ValueError(f"model.text_encoder.position_init must be 'random' or 'sincos', got {position_init!r}")
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings

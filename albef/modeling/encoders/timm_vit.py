@@ -22,9 +22,12 @@ class TimmViT(nn.Module):
         img_size: input resolution; the positional embedding is sized for it.
         model_kwargs: extra ``timm.create_model`` arguments (``patch_size``,
             ``embed_dim``, ``depth``, ``num_heads``, ``drop_path_rate``, ...).
+        pos_embed_init: ``random`` (timm's initialisation) or ``sincos`` (2-D sine-cosine
+            values, still learnable): a model trained from scratch then knows where each
+            patch is from the first step, as a pretrained ViT does.
     """
 
-    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None):
+    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random"):
         super().__init__()
         kwargs = dict(model_kwargs or {})
         try:
@@ -37,6 +40,21 @@ class TimmViT(nn.Module):
             raise ValueError(f"timm model '{model_name}' is not a Vision Transformer")
         self.embed_dim: int = self.vit.embed_dim
         self.img_size = img_size
+        if pos_embed_init == "sincos":
+            self._init_sincos()
+        elif pos_embed_init != "random":
+            raise ValueError(f"model.vision_encoder.pos_embed_init must be 'random' or 'sincos', got {pos_embed_init!r}")
+
+    @torch.no_grad()
+    def _init_sincos(self) -> None:
+        from timm.layers import build_sincos2d_pos_embed
+
+        pe = self.vit.pos_embed  # [1, prefix + N, D]
+        grid = list(self.vit.patch_embed.grid_size)
+        table = build_sincos2d_pos_embed(grid, dim=self.embed_dim).to(pe.dtype)  # [N, D]
+        n_prefix = pe.shape[1] - table.shape[0]
+        pe.zero_()
+        pe[0, n_prefix:] = table
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_features(image)

@@ -49,16 +49,21 @@ def sample_rows(weights: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.
 
 
 class NegativeMiner(nn.Module):
-    """``forward(sim_i2t [B, B], sim_t2i [B, B], image_ids [B] | None) -> MinedNegatives``.
+    """``forward(sim_i2t [B, B], sim_t2i [B, B], image_ids [B] | None, temp=None) -> MinedNegatives``.
 
-    ``sim_i2t[i, j]`` is the similarity of image i with text j (in-batch columns only).
+    ``sim_i2t[i, j]`` is the similarity of image i with text j (in-batch columns only),
+    already divided by the ITC temperature ``temp`` (0-dim tensor) when it is given.
     """
 
-    def forward(self, sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, image_ids: torch.Tensor | None) -> MinedNegatives:
+    def forward(self, sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, image_ids: torch.Tensor | None, temp: torch.Tensor | None = None) -> MinedNegatives:
+        sim_i2t, sim_t2i = self.rescale(sim_i2t, temp), self.rescale(sim_t2i, temp)
         cand = candidate_mask(sim_i2t.shape[0], image_ids, sim_i2t.device)
         neg_img, valid_t = self.pick(sim_t2i.float(), cand)
         neg_txt, valid_i = self.pick(sim_i2t.float(), cand)
         return MinedNegatives(neg_img, neg_txt, valid_t, valid_i)
+
+    def rescale(self, sim: torch.Tensor, temp: torch.Tensor | None) -> torch.Tensor:
+        return sim
 
     def pick(self, sim: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

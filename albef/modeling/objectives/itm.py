@@ -45,7 +45,7 @@ class ITMLoss(Objective):
             ones = torch.ones(b, dtype=torch.bool, device=fixed_img.device)
             return MinedNegatives(fixed_img, fixed_txt, ones, ones)
         with torch.no_grad():
-            return self.miner(ctx.sim_i2t[:, :b].detach(), ctx.sim_t2i[:, :b].detach(), ctx.image_ids)
+            return self.miner(ctx.sim_i2t[:, :b].detach(), ctx.sim_t2i[:, :b].detach(), ctx.image_ids, temp=ctx.temp)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         b = ctx.batch_size
