@@ -304,3 +304,29 @@ def test_rerank_scores_topk_with_itm_logits(tiny_setup, tokenizer):
         for i in sims.t()[j].topk(k).indices.tolist():
             one = model.itm_scores(temb[j : j + 1], enc["attention_mask"][j : j + 1], iemb[i : i + 1])
             assert s_t2i[j, i].item() == pytest.approx(one.item(), abs=1e-4)
+
+
+def test_rerank_score_itm_plus_itc_adds_the_cosine(tiny_cfg, tokenizer):
+    """LAVIS's re-ranking score is the ITM logit plus the ITC cosine of the same pair."""
+    from albef.evaluation.retrieval import _rerank
+
+    torch.manual_seed(0)
+    from albef.modeling import build_model
+
+    model = build_model(tiny_cfg(), tokenizer).eval()
+    n_t, n_i, L = 5, 4, 6
+    text = torch.randn(n_t, L, 32)
+    mask = torch.ones(n_t, L, dtype=torch.long)
+    image = torch.randn(n_i, 5, 32)
+    sims = torch.rand(n_i, n_t)
+    from contextlib import nullcontext
+
+    itm = _rerank(model, sims, 3, True, text, mask, image, 64, nullcontext())
+    both = _rerank(model, sims, 3, True, text, mask, image, 64, nullcontext(), add_itc=True)
+    chosen = itm > -100
+    torch.testing.assert_close(both[chosen], itm[chosen] + sims[chosen])
+    assert torch.equal(both[~chosen], itm[~chosen])
+    with pytest.raises(ValueError, match="rerank_score"):
+        from albef.evaluation.retrieval import evaluate_retrieval
+
+        evaluate_retrieval(model, None, None, tokenizer, rerank_score="itc")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,8 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", default=os.path.join(REPO, "configs", "pretrain", "synthetic.yaml"))
     p.add_argument("--output-dir", default=os.path.join(REPO, "output", "benchmark_default_job"))
+    p.add_argument("--fresh-data", action="store_true", help="delete the generated synthetic data first, so its generation is timed too")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
+    if args.fresh_data:
+        sys.path.insert(0, REPO)
+        from albef.config import load_config
+
+        cfg = load_config(args.config_file, args.opts)
+        root = cfg.data.synthetic.root if cfg.data.synthetic is not None else None
+        if root and os.path.isfile(os.path.join(root, "manifest.json")):  # only a generated data set
+            shutil.rmtree(root)
+            print(f"removed {root}")
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", args.config_file, f"output_dir={args.output_dir}", *args.opts]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()

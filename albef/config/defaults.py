@@ -102,6 +102,7 @@ _DEFAULTS: dict[str, Any] = {
         "k_test": 256,  # ITM re-ranks the top-k of the ITC similarities
         "itm_batch_size": 256,  # pairs per fusion forward when re-ranking
         "max_tokens": 30,  # official retrieval evaluation pads/truncates captions to 30 tokens
+        "rerank_score": "itm",  # itm: the ITM match logit (official); itm+itc: plus the ITC cosine (LAVIS)
     },
     "output_dir": "output/albef",
 }

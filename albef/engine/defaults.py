@@ -184,6 +184,7 @@ class Trainer:
         results = evaluate_retrieval(
             H.unwrap(self.model), self.test_set, loader, self.tokenizer, k_test=self.cfg.eval.k_test,
             max_tokens=self.cfg.eval.max_tokens, pair_batch=self.cfg.eval.itm_batch_size, device=self.device, amp=self.amp,
+            rerank_score=self.cfg.eval.rerank_score,
         )
         if comm.is_main_process():
             logger.info(

@@ -49,8 +49,10 @@ def retrieval_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, txt2im
 
 
 @torch.no_grad()
-def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds, text_mask, image_embeds, pair_batch: int, autocast) -> torch.Tensor:
+def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds, text_mask, image_embeds, pair_batch: int, autocast, add_itc: bool = False) -> torch.Tensor:
     """ITM logits for each query's top-k candidates; -100 elsewhere. Rows split across ranks.
+
+    ``add_itc`` adds the candidate's ITC cosine to its ITM logit (LAVIS's score).
 
     sims [N_q, N_c] -> scores [N_q, N_c]. Pairs of many queries go through the fusion
     encoder together, ``pair_batch`` pairs per forward.
@@ -72,14 +74,24 @@ def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds
             with autocast:
                 logits.append(model.itm_scores(text_embeds[ti], text_mask[ti], image_embeds[ii]).float())
         block = torch.full((hi - lo, n_c), -100.0, device=sims.device)
-        block.scatter_(1, top, torch.cat(logits).view(hi - lo, k))
+        scores_k = torch.cat(logits).view(hi - lo, k)
+        if add_itc:
+            scores_k = scores_k + sims[lo:hi].gather(1, top)
+        block.scatter_(1, top, scores_k)
         scores[lo:hi] = block
     return comm.all_reduce_sum(scores)
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False) -> dict[str, dict[str, float]]:
-    """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only when the model has an ITM head)."""
+def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False, rerank_score: str = "itm") -> dict[str, dict[str, float]]:
+    """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only when the model has an ITM head).
+
+    ``rerank_score``: ``itm`` ranks the top k by the ITM "match" logit (official ALBEF);
+    ``itm+itc`` by that logit plus the ITC cosine (LAVIS).
+    """
+    if rerank_score not in ("itm", "itm+itc"):
+        raise ValueError(f"eval.rerank_score must be 'itm' or 'itm+itc', got {rerank_score!r}")
+    add_itc = rerank_score == "itm+itc"
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -106,8 +118,8 @@ def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int =
         sims = image_feat @ text_feat.t()  # [N_i, N_t], cosine (no temperature), as the official code
         results = {"retrieval_itc": retrieval_metrics(sims, sims.t(), dataset.txt2img, dataset.img2txt)}
         if model.itm_head is not None:
-            s_i2t = _rerank(model, sims, k_test, True, text_embeds, text_mask, image_embeds, pair_batch, autocast)
-            s_t2i = _rerank(model, sims.t().contiguous(), k_test, False, text_embeds, text_mask, image_embeds, pair_batch, autocast)
+            s_i2t = _rerank(model, sims, k_test, True, text_embeds, text_mask, image_embeds, pair_batch, autocast, add_itc)
+            s_t2i = _rerank(model, sims.t().contiguous(), k_test, False, text_embeds, text_mask, image_embeds, pair_batch, autocast, add_itc)
             results["retrieval"] = retrieval_metrics(s_i2t, s_t2i, dataset.txt2img, dataset.img2txt)
         else:
             logger.warning("The model has no ITM head (ITM objective off): reporting ITC retrieval only")
