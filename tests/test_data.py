@@ -325,7 +325,7 @@ def test_pretrain_json_skips_bad_images(tmp_path, image_dir):
     reasons = dict(s["skipped"])
     assert "not found" in reasons[str(image_dir / "missing.jpg")]
     assert "truncated" in reasons[str(image_dir / "trunc.jpg")]
-    assert "not a readable image" in reasons[str(image_dir / "notimg.jpg")]
+    assert "unreadable image (not a recognised image format" in reasons[str(image_dir / "notimg.jpg")]
 
     s = ds[3]
     assert [p for p, _ in s["skipped"]] == [str(image_dir / "notimg.jpg")]

@@ -50,7 +50,7 @@ def load_image(path: str) -> Image.Image:
     except FileNotFoundError as e:
         raise OSError("file not found") from e
     except UnidentifiedImageError as e:
-        raise OSError("not a readable image") from e
+        raise OSError("unreadable image (not a recognised image format, or truncated before its header ends)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise OSError(f"unreadable image ({e})") from e
 
