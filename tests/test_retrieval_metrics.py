@@ -261,31 +261,36 @@ def test_evaluate_retrieval_without_itm(tiny_setup, tokenizer):
     assert "retrieval_itc" in format_results_table(res) and "| retrieval " not in format_results_table(res)
 
 
-def test_itc_metrics_are_cosine_of_features(tiny_setup, tokenizer):
+def _encode_eval_set(cfg, model, ds, tokenizer):
+    """Every caption and image of ``ds`` through the (eval-mode) unimodal encoders, unbatched by the loader.
+
+    Returns ``(enc, text_emb [T, L, D], text_feat [T, E], image_emb [N, P, D], image_feat [N, E])``.
+    """
     from albef.data.tokenization import tokenize
 
-    cfg, model, ds, loader = tiny_setup()
-    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.k_test, max_tokens=cfg.eval.max_tokens)
     model.eval()
     with torch.no_grad():
         enc = tokenize(tokenizer, ds.text, cfg.eval.max_tokens, pad_to_max=True)
-        _, tf = model.encode_text(enc["input_ids"], enc["attention_mask"])
-        _, imf = model.encode_image(torch.stack([ds[i]["image"] for i in range(len(ds))]))
+        temb, tfeat = model.encode_text(enc["input_ids"], enc["attention_mask"])
+        iemb, ifeat = model.encode_image(torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    return enc, temb, tfeat, iemb, ifeat
+
+
+def test_itc_metrics_are_cosine_of_features(tiny_setup, tokenizer):
+    cfg, model, ds, loader = tiny_setup()
+    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.k_test, max_tokens=cfg.eval.max_tokens)
+    _, _, tf, _, imf = _encode_eval_set(cfg, model, ds, tokenizer)
     sims = imf @ tf.t()
     assert res["retrieval_itc"] == _approx(retrieval_metrics(sims, sims.t(), ds.txt2img, ds.img2txt))
 
 
 def test_rerank_scores_topk_with_itm_logits(tiny_setup, tokenizer):
     """_rerank fills each row's top-k with the ITM logit of that pair (same as one pair at a time), -100 elsewhere."""
-    from albef.data.tokenization import tokenize
     from contextlib import nullcontext
 
     cfg, model, ds, loader = tiny_setup()
-    model.eval()
+    enc, temb, tfeat, iemb, ifeat = _encode_eval_set(cfg, model, ds, tokenizer)
     with torch.no_grad():
-        enc = tokenize(tokenizer, ds.text, cfg.eval.max_tokens, pad_to_max=True)
-        temb, tfeat = model.encode_text(enc["input_ids"], enc["attention_mask"])
-        iemb, ifeat = model.encode_image(torch.stack([ds[i]["image"] for i in range(len(ds))]))
         sims = ifeat @ tfeat.t()
         k = 3
         s_batched = _rerank(model, sims, k, True, temb, enc["attention_mask"], iemb, 10_000, nullcontext())
