@@ -16,6 +16,11 @@ TEACHER_REGISTRY      ``model.teacher``             MomentumTeacher, NoTeacher
 DATASET_REGISTRY      ``data.train`` / ``data.test`` PretrainJSON, RetrievalEvalJSON
 HEAD_REGISTRY         task heads                    ITMHead, MLMHead
 ====================  ===========================  ==============================
+
+Components enter the registries through plugin hooks (:mod:`albef.plugins`): the
+built-ins through ``albef.plugins.builtin``, third-party packages through the ``albef``
+entry-point group, both on the first lookup. Registering directly with
+``@OBJECTIVE_REGISTRY.register()`` (fvcore style) also works for code imported before use.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ class ComponentError(ValueError):
 
 
 def registered_names(registry: Registry) -> list[str]:
+    _ensure_builtins_registered()
     return sorted(name for name, _ in registry)
 
 
@@ -135,17 +141,12 @@ def build_component(registry: Registry, node: Mapping[str, Any] | None, where: s
         raise ComponentError(f"Could not build {registry._name} component '{name}' from '{where}': {e}") from e
 
 
-_BUILTINS_LOADED = False
-
-
 def _ensure_builtins_registered() -> None:
-    """Import the built-in component modules so they register themselves.
+    """Register the built-in components and installed plugins (once per process).
 
-    Kept lazy so ``albef.registry`` stays importable by the modules that register into it.
+    Lazy, so ``albef.registry`` stays importable by the modules that register into it;
+    the built-ins register through the same plugin hooks as third-party packages.
     """
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    import albef.data.datasets  # noqa: F401
-    import albef.modeling  # noqa: F401
+    from albef.plugins.manager import load_plugins
+
+    load_plugins()

@@ -2,6 +2,7 @@
 """Pretrain ALBEF (and evaluate retrieval) from a config.
 
     python tools/train_net.py --config-file configs/pretrain/synthetic.yaml [--resume] [--eval-only] [--num-gpus N] [KEY=VALUE ...]
+    python tools/train_net.py --list-components     # registered components and their plugins
 """
 from __future__ import annotations
 
@@ -45,7 +46,19 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    args = parser.parse_args()
+    if args.list_components:
+        try:
+            from albef.plugins import format_components
+
+            print(format_components())
+        except USER_ERRORS as e:
+            report_user_error(e)
+            sys.exit(2)
+        sys.exit(0)
+    if not args.config_file:
+        parser.error("the following arguments are required: --config-file (or use --list-components)")
     try:
         launch(main, args.num_gpus, args=(args,))
     except USER_ERRORS as e:

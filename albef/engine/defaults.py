@@ -35,7 +35,8 @@ def default_argument_parser() -> argparse.ArgumentParser:
         description="ALBEF training and evaluation",
         epilog="Overrides: KEY=VALUE pairs after the flags, e.g. train.max_iter=100 model.objectives.mlm=null",
     )
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to a YAML config")
+    p.add_argument("--config-file", metavar="FILE", help="path to a YAML config (required unless --list-components)")
+    p.add_argument("--list-components", action="store_true", help="print every registered component per family, with the plugin or module that provided it, and exit")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (weights from --resume or model.weights)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes to launch (one per GPU; CPU processes with gloo when no GPU)")

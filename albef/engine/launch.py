@@ -43,6 +43,9 @@ def launch(main_func: Callable[..., Any], num_processes: int = 1, args: tuple = 
     if num_processes <= 1:
         main_func(*args)
         return
+    from albef.plugins import load_plugins
+
+    load_plugins()  # fail before spawning if a plugin is broken
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
         raise ValueError(f"--num-gpus {num_processes} but only {torch.cuda.device_count()} CUDA device(s) are visible")
     url = f"tcp://127.0.0.1:{_free_port()}"
@@ -55,6 +58,11 @@ def _set_device(local_rank: int) -> None:
 
 
 def _worker(rank: int, main_func: Callable[..., Any], world_size: int, url: str, args: tuple, timeout_min: int) -> None:
+    # Spawned processes start from a fresh interpreter: discover the plugins here too, before
+    # any rank builds a model, so a broken plugin fails every rank the same way.
+    from albef.plugins import load_plugins
+
+    load_plugins()
     dist.init_process_group(_backend(), init_method=url, world_size=world_size, rank=rank, timeout=timedelta(minutes=timeout_min))
     _set_device(rank)
     try:

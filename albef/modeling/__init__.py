@@ -1,4 +1,4 @@
-"""Model components; importing this package registers every built-in one."""
+"""Model components (registered through albef.plugins.builtin on the first registry lookup)."""
 from albef.modeling.encoders import bert_text, timm_vit  # noqa: F401
 from albef.modeling.fusion import cross_attention  # noqa: F401
 from albef.modeling.heads import itm_head, mlm_head  # noqa: F401

@@ -7,9 +7,10 @@ from albef.checkpoint.checkpointer import CheckpointMismatchError
 from albef.config.loader import ConfigError
 from albef.data.datasets.base import DataError
 from albef.data.tokenization import TokenizerError
+from albef.plugins.manager import PluginError
 from albef.registry import ComponentError
 
-USER_ERRORS = (ConfigError, ComponentError, DataError, TokenizerError, CheckpointMismatchError)
+USER_ERRORS = (ConfigError, ComponentError, DataError, TokenizerError, CheckpointMismatchError, PluginError)
 
 
 def report_user_error(e: BaseException) -> None:

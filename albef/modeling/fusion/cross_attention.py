@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef.registry import FUSION_REGISTRY
 
 
 class _QKV(nn.Module):
@@ -97,7 +96,6 @@ class FusionLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-@FUSION_REGISTRY.register()
 class CrossAttentionFusion(nn.Module):
     """``forward(text_embeds [B, L, H], text_mask [B, L], image_embeds [B, N, Dv], image_mask [B, N] | None) -> [B, L, H]``.
 

@@ -3,7 +3,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef.registry import HEAD_REGISTRY
 
 
 class _Transform(nn.Module):
@@ -16,7 +15,6 @@ class _Transform(nn.Module):
         return self.LayerNorm(F.gelu(self.dense(x)))
 
 
-@HEAD_REGISTRY.register()
 class MLMHead(nn.Module):
     """``forward(hidden [B, L, H]) -> logits [B, L, V]``.
 

@@ -11,7 +11,6 @@ from albef.modeling.context import StepContext
 from albef.modeling.objectives.base import Objective
 from albef.registry import (
     FUSION_REGISTRY,
-    META_ARCH_REGISTRY,
     OBJECTIVE_REGISTRY,
     TEACHER_REGISTRY,
     TEXT_ENCODER_REGISTRY,
@@ -20,7 +19,6 @@ from albef.registry import (
 )
 
 
-@META_ARCH_REGISTRY.register()
 class ALBEF(nn.Module):
     """Components are injected; :meth:`from_config` builds them from the ``model`` config node.
 

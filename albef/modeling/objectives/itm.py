@@ -10,10 +10,9 @@ from albef.modeling.context import StepContext
 from albef.modeling.heads.itm_head import ITMHead
 from albef.modeling.miners.base import MinedNegatives
 from albef.modeling.objectives.base import Objective
-from albef.registry import MINER_REGISTRY, OBJECTIVE_REGISTRY, build_component
+from albef.registry import MINER_REGISTRY, build_component
 
 
-@OBJECTIVE_REGISTRY.register()
 class ITMLoss(Objective):
     """Binary matched / not-matched classification of fused [CLS] tokens (paper eq. 3).
 

@@ -10,7 +10,6 @@ from torch import nn
 from albef.modeling.context import StepContext
 from albef.modeling.heads.mlm_head import MLMHead
 from albef.modeling.objectives.base import Objective
-from albef.registry import OBJECTIVE_REGISTRY
 
 
 def mask_tokens(
@@ -48,7 +47,6 @@ def mask_tokens(
     return out, labels
 
 
-@OBJECTIVE_REGISTRY.register()
 class MLMLoss(Objective):
     """Predict masked words from the text *and* the image (full text encoder + fusion + MLM head).
 

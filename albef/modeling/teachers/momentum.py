@@ -9,10 +9,8 @@ from torch import nn
 
 from albef.modeling.context import TeacherOutput
 from albef.modeling.queue import FeatureQueue
-from albef.registry import TEACHER_REGISTRY
 
 
-@TEACHER_REGISTRY.register()
 class MomentumTeacher(nn.Module):
     """EMA copies of the encoders, projections, fusion and MLM head, plus feature queues.
 

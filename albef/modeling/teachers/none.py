@@ -5,10 +5,8 @@ import torch
 from torch import nn
 
 from albef.modeling.context import TeacherOutput
-from albef.registry import TEACHER_REGISTRY
 
 
-@TEACHER_REGISTRY.register()
 class NoTeacher(nn.Module):
     """Contrast against the batch's own online features, detached; alpha is 0.
 

@@ -1,0 +1,83 @@
+"""The built-in components, registered through the same hooks as any plugin.
+
+Imports happen inside the hooks so that importing :mod:`albef.registry` (which every
+component module does) never imports the components themselves.
+"""
+from __future__ import annotations
+
+from albef.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def albef_register_meta_archs(register):
+    from albef.modeling.meta_arch.albef import ALBEF
+
+    register(ALBEF)
+
+
+@hookimpl
+def albef_register_vision_encoders(register):
+    from albef.modeling.encoders.timm_vit import TimmViT
+
+    register(TimmViT)
+
+
+@hookimpl
+def albef_register_text_encoders(register):
+    from albef.modeling.encoders.bert_text import BertTextEncoder
+
+    register(BertTextEncoder)
+
+
+@hookimpl
+def albef_register_fusion_blocks(register):
+    from albef.modeling.fusion.cross_attention import CrossAttentionFusion
+
+    register(CrossAttentionFusion)
+
+
+@hookimpl
+def albef_register_objectives(register):
+    from albef.modeling.objectives.itc import ITCLoss
+    from albef.modeling.objectives.itm import ITMLoss
+    from albef.modeling.objectives.mlm import MLMLoss
+
+    for cls in (ITCLoss, ITMLoss, MLMLoss):
+        register(cls)
+
+
+@hookimpl
+def albef_register_miners(register):
+    from albef.modeling.miners.contrastive_hard import ContrastiveHardNegativeMiner
+    from albef.modeling.miners.hardest_negative import HardestNegativeMiner
+    from albef.modeling.miners.random_negative import RandomNegativeMiner
+
+    for cls in (ContrastiveHardNegativeMiner, HardestNegativeMiner, RandomNegativeMiner):
+        register(cls)
+
+
+@hookimpl
+def albef_register_teachers(register):
+    from albef.modeling.teachers.momentum import MomentumTeacher
+    from albef.modeling.teachers.none import NoTeacher
+
+    register(MomentumTeacher)
+    register(NoTeacher)
+
+
+@hookimpl
+def albef_register_datasets(register):
+    from albef.data.datasets.pretrain_json import PretrainJSON
+    from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
+
+    register(PretrainJSON)
+    register(RetrievalEvalJSON)
+
+
+@hookimpl
+def albef_register_heads(register):
+    from albef.modeling.heads.itm_head import ITMHead
+    from albef.modeling.heads.mlm_head import MLMHead
+
+    register(ITMHead)
+    register(MLMHead)

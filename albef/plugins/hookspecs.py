@@ -1,0 +1,75 @@
+"""Hook specifications: one ``albef_register_<family>`` hook per registry family.
+
+A plugin implements any of them with :data:`albef.plugins.hookimpl`; each receives a
+``register`` callback::
+
+    register(obj, name=None)   # name defaults to obj.__name__
+
+that adds ``obj`` to that family's registry, recording which plugin provided it. The
+built-in components register through these same hooks (``albef.plugins.builtin``).
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "albef"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# registry family (albef.registry.ALL_REGISTRIES key) -> hook name
+FAMILY_HOOKS: dict[str, str] = {
+    "meta_arch": "albef_register_meta_archs",
+    "vision_encoder": "albef_register_vision_encoders",
+    "text_encoder": "albef_register_text_encoders",
+    "fusion": "albef_register_fusion_blocks",
+    "objective": "albef_register_objectives",
+    "miner": "albef_register_miners",
+    "teacher": "albef_register_teachers",
+    "dataset": "albef_register_datasets",
+    "head": "albef_register_heads",
+}
+
+
+@hookspec
+def albef_register_objectives(register):
+    """Register training objectives (losses): ``forward(ctx: StepContext) -> Tensor | dict``."""
+
+
+@hookspec
+def albef_register_vision_encoders(register):
+    """Register image encoders: ``forward(image [B,3,H,W]) -> tokens [B,1+N,D]``, attribute ``embed_dim``."""
+
+
+@hookspec
+def albef_register_text_encoders(register):
+    """Register text encoders: ``forward(ids, mask [B,L]) -> hidden [B,L,H]``, attribute ``hidden_size``."""
+
+
+@hookspec
+def albef_register_fusion_blocks(register):
+    """Register fusion encoders: ``forward(text [B,L,H], mask [B,L], image [B,N,Dv]) -> [B,L,H]``."""
+
+
+@hookspec
+def albef_register_miners(register):
+    """Register ITM negative miners (see ``albef.modeling.miners.base.NegativeMiner``)."""
+
+
+@hookspec
+def albef_register_teachers(register):
+    """Register teachers (see ``albef.modeling.teachers``)."""
+
+
+@hookspec
+def albef_register_datasets(register):
+    """Register datasets (``data.train`` / ``data.test`` nodes)."""
+
+
+@hookspec
+def albef_register_heads(register):
+    """Register task heads."""
+
+
+@hookspec
+def albef_register_meta_archs(register):
+    """Register meta-architectures (the ``model`` node)."""
