@@ -7,6 +7,8 @@ import timm
 import torch
 from torch import nn
 
+from albef.registry import ComponentError
+
 
 
 class TimmViT(nn.Module):
@@ -23,25 +25,41 @@ class TimmViT(nn.Module):
         pos_embed_init: ``random`` (timm's initialisation) or ``sincos`` (2-D sine-cosine
             values, still learnable): a model trained from scratch then knows where each
             patch is from the first step, as a pretrained ViT does.
+        pretrained: ``null`` (random), a local weights file (``.pth``/``.bin``/``.safetensors``,
+            e.g. DeiT's ``deit_base_patch16_224-b5f2ef4d.pth`` as the paper uses), or ``timm``
+            to download ``model_name``'s weights through timm (needs network or timm's cache).
+            The positional embedding is resampled to ``img_size``; a missing file is an error.
     """
 
-    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random"):
+    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random", pretrained: str | None = None):
         super().__init__()
         kwargs = dict(model_kwargs or {})
+        from_timm = pretrained == "timm"
         try:
             self.vit = timm.create_model(
-                model_name, pretrained=False, img_size=img_size, num_classes=0, global_pool="", **kwargs
+                model_name, pretrained=from_timm, img_size=img_size, num_classes=0, global_pool="", **kwargs
             )
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"timm could not build '{model_name}' with img_size={img_size}, {kwargs}: {e}") from e
+        except Exception as e:  # download failures (offline, unknown weights)
+            if not from_timm:
+                raise
+            raise ComponentError(
+                f"model.vision_encoder.pretrained=timm: could not get timm's weights for '{model_name}' "
+                f"(offline? give a local file instead): {type(e).__name__}: {e}"
+            ) from e
+        if pretrained and not from_timm:
+            from albef.modeling.pretrained import load_vit_weights
+
+            load_vit_weights(self.vit, pretrained)
         if not hasattr(self.vit, "forward_features") or not hasattr(self.vit, "pos_embed"):
             raise ValueError(f"timm model '{model_name}' is not a Vision Transformer")
         self.embed_dim: int = self.vit.embed_dim
         self.img_size = img_size
-        if pos_embed_init == "sincos":
-            self._init_sincos()
-        elif pos_embed_init != "random":
+        if pos_embed_init not in ("random", "sincos"):
             raise ValueError(f"model.vision_encoder.pos_embed_init must be 'random' or 'sincos', got {pos_embed_init!r}")
+        if pos_embed_init == "sincos" and not pretrained:  # pretrained weights bring their own positions
+            self._init_sincos()
 
     @torch.no_grad()
     def _init_sincos(self) -> None:

@@ -98,6 +98,15 @@ class ALBEF(nn.Module):
             objs[key] = build_component(OBJECTIVE_REGISTRY, node, where=f"model.objectives.{key}", **common)
         if not objs:
             raise ValueError("model.objectives: every objective is switched off; nothing to train")
+        leftover = getattr(txt, "pretrained_leftover", None)
+        if leftover:  # BERT init (paper): remaining layers -> fusion, cls.predictions -> MLM head
+            from albef.modeling.pretrained import init_fusion_from_bert, init_mlm_head_from_bert
+
+            init_fusion_from_bert(fus, leftover)
+            for obj in objs.values():
+                if isinstance(getattr(obj, "mlm_head", None), nn.Module):
+                    init_mlm_head_from_bert(obj.mlm_head, leftover)
+            txt.pretrained_leftover = None
         tch = build_component(TEACHER_REGISTRY, teacher, where="model.teacher", embed_dim=embed_dim)
         return cls(
             vision_encoder=vis, text_encoder=txt, fusion=fus, teacher=tch, objectives=objs,
