@@ -160,6 +160,10 @@ def register_plugin(plugin: Any, name: str) -> None:
         pm.register(plugin, name=name)
         added: list[tuple[str, str]] = []
         try:
+            try:
+                pm.check_pending()
+            except pluggy.PluginValidationError as e:
+                raise PluginError(f"albef plugin '{name}' implements an unknown hook: {e}") from e
             register_from(pm, added, only=name)
         except BaseException:
             _rollback(added)
