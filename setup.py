@@ -16,6 +16,7 @@ setup(
         "timm>=1.0",
         "transformers>=4.45",
         "tokenizers>=0.19",
+        "safetensors>=0.4",
         "fvcore>=0.1.5",
         "iopath>=0.1.9",
         "omegaconf>=2.3",

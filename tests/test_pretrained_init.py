@@ -125,3 +125,13 @@ def test_cli_missing_init_file_is_a_clear_error(synthetic_root, tmp_path):
     r = run_cli(["--config-file", TINY, f"data.synthetic.root={synthetic_root}", f"output_dir={tmp_path / 'o'}", f"model.vision_encoder.pretrained={tmp_path / 'deit.pth'}"])
     assert r.returncode == 2
     assert "model.vision_encoder.pretrained" in r.stderr and "deit.pth' does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_public_init_is_skipped_when_model_weights_replace_everything(tmp_path, tiny_cfg, tokenizer):
+    """Evaluating or fine-tuning from a checkpoint must not need the init files (or the network)."""
+    missing = tmp_path / "not_here.pth"
+    cfg = tiny_cfg(f"model.vision_encoder.pretrained={missing}", f"model.weights={tmp_path / 'ckpt.pth'}")
+    model = build_model(cfg, tokenizer)  # no error: the init is skipped
+    assert model.vision_encoder.embed_dim == 32
+    with pytest.raises(ComponentError, match="does not exist"):
+        build_model(cfg, tokenizer, public_init=True)

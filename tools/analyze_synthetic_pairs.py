@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for g, members in enumerate(groups):
         for i in members.values():
             group[i] = g
-    enc = tokenize(t.tokenizer, ds.text, cfg.eval.max_tokens, pad_to_max=True)
+    enc = tokenize(t.tokenizer, ds.text, cfg.eval.max_tokens, pad_to_max=True, mode=cfg.data.tokenization)
     text_embeds, text_feat = model.encode_text(enc["input_ids"], enc["attention_mask"])
     image_embeds, image_feat = model.encode_image(torch.stack([ds[i]["image"] for i in range(n)]))
     scores = {"itc": image_feat @ text_feat.t()}

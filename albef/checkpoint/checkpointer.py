@@ -4,6 +4,11 @@ A file holds plain containers only: ``model`` (online weights, teacher EMA weigh
 and queues), ``optimizer``, ``iteration`` (last completed), ``rng`` (one entry per
 rank: python, numpy, torch CPU and CUDA generator states), ``data_position`` (samples
 consumed from the global stream) and ``config`` (the merged YAML as a string).
+
+``model.weights`` may also name a ``.safetensors`` file, a flat state dict, or a
+checkpoint of the official ALBEF code (``{'model': state_dict}`` with keys such as
+``visual_encoder.*`` / ``text_encoder.bert.*``): the latter is converted on the fly by
+:mod:`albef.checkpoint.official` and its conversion report is logged.
 """
 from __future__ import annotations
 
@@ -24,6 +29,69 @@ logger = logging.getLogger("albef.checkpoint")
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint's keys or shapes do not match the model (strict load)."""
+
+
+class CheckpointFormatError(CheckpointMismatchError):
+    """A file that cannot be read as a weights-only checkpoint (message names the file)."""
+
+
+def _is_safetensors_file(path: str) -> bool:
+    if path.endswith(".safetensors"):
+        return True
+    try:  # 8-byte little-endian header length, then the JSON header
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_checkpoint_file(path: str) -> dict[str, Any]:
+    """Read ``path`` without executing code: ``{'model': state_dict, ...extra}``.
+
+    A ``.safetensors`` file (or one with its header) is read with ``safetensors``; any
+    other file with ``torch.load(..., weights_only=True)``, so a pickle that would run
+    code on loading is refused. A flat state dict is wrapped as ``{'model': ...}``.
+    Raises :class:`CheckpointFormatError` naming the file.
+    """
+    local = path if os.path.isfile(path) else PathManager.get_local_path(path)
+    if not os.path.isfile(local):
+        raise CheckpointFormatError(f"{path}: checkpoint file not found")
+    if _is_safetensors_file(local):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(local, framework="pt", device="cpu") as fh:
+                sd = {k: fh.get_tensor(k) for k in fh.keys()}
+                meta = dict(fh.metadata() or {})
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointFormatError(f"{path}: cannot be read as a safetensors file ({e.__class__.__name__}: {e})") from e
+        return {"model": sd, "safetensors_metadata": meta}
+    with PathManager.open(local, "rb") as fh:
+        try:
+            ckpt = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle.UnpicklingError and friends: refuse, say which file
+            raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint ({e.__class__.__name__}: {e})") from e
+    if isinstance(ckpt, dict) and _is_state_dict(ckpt.get("model")):
+        return ckpt
+    if _is_state_dict(ckpt):
+        return {"model": ckpt}
+    what = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+    raise CheckpointFormatError(f"{path}: not a model checkpoint (expected a state dict or a dict with a 'model' state dict, got {what})")
+
+
+def write_safetensors(state_dict: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict as safetensors. Tied entries (same storage) are stored once each, as copies."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state_dict.items()}
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
 
 
 def format_load_report(missing: list[str], unexpected: list[str], mismatched: list[tuple[str, tuple, tuple]]) -> str:
@@ -47,6 +115,8 @@ class ALBEFCheckpointer(Checkpointer):
         super().__init__(model, save_dir, save_to_disk=comm.is_main_process(), **kwargs)
         self.strict = strict
         self.path_manager = PathManager
+        self.official_task: str | None = None  # layout of official checkpoints; None = detect from the keys
+        self.last_conversion_report = None  # LoadReport of the last official checkpoint loaded
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Like fvcore's, but atomic: a run killed while saving leaves the previous checkpoint intact."""
@@ -71,24 +141,45 @@ class ALBEFCheckpointer(Checkpointer):
             f.write(last_filename_basename)
         os.replace(path + ".tmp", path)
 
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        if path and not os.path.isfile(path) and not os.path.isfile(self.path_manager.get_local_path(path)):
+            raise CheckpointFormatError(f"{path}: checkpoint file not found")
+        return super().load(path, checkpointables)
+
     def _load_file(self, f: str) -> dict[str, Any]:
-        with self.path_manager.open(f, "rb") as fh:
-            try:
-                ckpt = torch.load(fh, map_location="cpu", weights_only=True)
-            except Exception as e:  # pickle.UnpicklingError and friends: refuse, say which file
-                raise RuntimeError(f"{f}: cannot be loaded as a weights-only checkpoint ({e.__class__.__name__}: {e})") from e
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
-            raise CheckpointMismatchError(f"{f}: not an albef checkpoint (expected a dict with a 'model' entry)")
+        ckpt = read_checkpoint_file(f)
+        ckpt["__source__"] = f
         return ckpt
 
     def _load_model(self, checkpoint: dict[str, Any]):
-        model_sd = self.model.state_dict()
+        source = checkpoint.pop("__source__", "checkpoint")
         ckpt_sd = checkpoint["model"]
+        from albef.checkpoint.official import convert_official_to_ours, format_report, is_official_state_dict
+
+        if is_official_state_dict(ckpt_sd):
+            converted, report = convert_official_to_ours(ckpt_sd, self.model, task=self.official_task, source=source)
+            self.last_conversion_report = report
+            text = format_report(report)
+            if not report.complete and self.strict:
+                raise CheckpointMismatchError(
+                    f"{text}\nThe official checkpoint does not fill this model completely; set "
+                    f"model.weights_strict=false to load the part that maps."
+                )
+            (logger.info if report.complete else logger.warning)("%s", text)
+            self.model.load_state_dict(converted, strict=False)
+            return None  # the report above says everything fvcore would
+        model_sd = self.model.state_dict()
         missing = [k for k in model_sd if k not in ckpt_sd]
         unexpected = [k for k in ckpt_sd if k not in model_sd]
         mismatched = [(k, tuple(ckpt_sd[k].shape), tuple(v.shape)) for k, v in model_sd.items() if k in ckpt_sd and tuple(ckpt_sd[k].shape) != tuple(v.shape)]
-        if (missing or unexpected or mismatched) and self.strict:
-            raise CheckpointMismatchError("checkpoint does not match the model:\n" + format_load_report(missing, unexpected, mismatched))
+        if missing or unexpected or mismatched:
+            report = format_load_report(missing, unexpected, mismatched)
+            if self.strict:
+                raise CheckpointMismatchError(
+                    f"{source}: checkpoint does not match the model:\n{report}\n"
+                    f"(for model.weights, model.weights_strict=false loads the matching part)"
+                )
+            logger.warning("Partial load of %s (model.weights_strict=false):\n%s", source, report)
         return super()._load_model(checkpoint)
 
 

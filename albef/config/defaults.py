@@ -11,7 +11,10 @@ from typing import Any
 _DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "ALBEF",
-        "weights": None,  # a checkpoint of ours to start from (strict load); --resume takes precedence
+        # a checkpoint to start from (ours, .safetensors, or an official ALBEF file, converted on
+        # the fly with its report logged); --resume takes precedence
+        "weights": None,
+        "weights_strict": True,  # false: load what matches and log the report (partial loads)
         "embed_dim": 256,  # ITC projection size
         "temp": 0.07,  # initial learnable temperature, clamped to [temp_min, temp_max]
         "temp_min": 0.001,
@@ -55,6 +58,9 @@ _DEFAULTS: dict[str, Any] = {
         "tokenizer": "bert-base-uncased",  # transformers name, local directory or a vocab.txt file
         "max_words": 30,  # official pre_caption word limit
         "max_tokens": 25,  # tokenizer max_length, [CLS] included (official pretraining)
+        # ours: the tokenizer's [CLS] words [SEP]; official: ALBEF's [CLS] words (no [SEP]),
+        # needed to reproduce official checkpoints (training and retrieval evaluation)
+        "tokenization": "ours",
         "num_workers": 4,
         "strict": False,  # true: a bad image or caption stops the run; false: skipped, counted, logged
         "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)

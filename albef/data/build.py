@@ -67,7 +67,10 @@ def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0)
         batch_size=b,
         sampler=sampler,
         num_workers=nw,
-        collate_fn=PretrainCollator(tokenizer, cfg.data.max_tokens, with_image_ids=getattr(dataset, "has_image_ids", False)),
+        collate_fn=PretrainCollator(
+            tokenizer, cfg.data.max_tokens, with_image_ids=getattr(dataset, "has_image_ids", False),
+            tokenization=cfg.data.tokenization,
+        ),
         pin_memory=False,
         drop_last=True,
         persistent_workers=False,

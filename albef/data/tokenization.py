@@ -48,23 +48,61 @@ def build_tokenizer(name_or_path: str):
         ) from e
 
 
-def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, pad_to_max: bool = False) -> dict[str, torch.Tensor]:
+TOKENIZATION_MODES = ("ours", "official")
+
+
+def check_tokenization_mode(mode: str) -> str:
+    if mode not in TOKENIZATION_MODES:
+        raise TokenizerError(f"data.tokenization must be one of {', '.join(TOKENIZATION_MODES)}, got {mode!r}")
+    return mode
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, pad_to_max: bool = False, mode: str = "ours") -> dict[str, torch.Tensor]:
+    """Texts -> ``input_ids``, ``attention_mask`` [N, L] (right-padded; no token type ids).
+
+    ``mode="ours"``: the tokenizer's own template, ``[CLS] words [SEP]``, at most
+    ``max_tokens`` tokens. ``mode="official"``: ALBEF's tokenizer
+    (``models/tokenization_bert.py``), ``[CLS] words`` with no ``[SEP]``, at most
+    ``max_tokens`` tokens with the ``[CLS]`` (so ``max_tokens - 1`` word pieces). Both pad
+    to the longest text, or to ``max_tokens`` with ``pad_to_max`` (the official
+    retrieval evaluation's ``padding='max_length'``).
+    """
+    check_tokenization_mode(mode)
+    official = mode == "official"
     enc = tokenizer(
         list(texts), padding="max_length" if pad_to_max else "longest", truncation=True,
-        max_length=max_tokens, return_tensors="pt", return_token_type_ids=False,
+        max_length=max_tokens + 1 if official else max_tokens, return_tensors="pt", return_token_type_ids=False,
     )
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if not official:
+        return {"input_ids": ids, "attention_mask": mask}
+    # The standard template with one more token, then the closing [SEP] of every row
+    # becomes padding: exactly the official [CLS] + words, truncated the same way.
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise TokenizerError("data.tokenization=official needs a right-padding tokenizer")
+    last = mask.sum(dim=1, keepdim=True) - 1
+    sep = tokenizer.sep_token_id
+    if sep is None or ids.numel() and not bool((ids.gather(1, last) == sep).all()):
+        raise TokenizerError("data.tokenization=official needs a BERT-style tokenizer that ends every text with [SEP]")
+    ids = ids.scatter(1, last, tokenizer.pad_token_id)
+    mask = mask.scatter(1, last, 0)
+    length = max_tokens if pad_to_max else int(last.max()) if ids.numel() else 0
+    return {"input_ids": ids[:, :length].contiguous(), "attention_mask": mask[:, :length].contiguous()}
 
 
 class PretrainCollator:
-    """List of samples -> ``{"image" [B,3,H,W], "input_ids"/"attention_mask" [B,L], "image_id" [B], "skipped": [...]}``."""
+    """List of samples -> ``{"image" [B,3,H,W], "input_ids"/"attention_mask" [B,L], "image_id" [B], "skipped": [...]}``.
 
-    def __init__(self, tokenizer, max_tokens: int, with_image_ids: bool = True):
+    ``tokenization``: ``ours`` or ``official`` (see :func:`tokenize`).
+    """
+
+    def __init__(self, tokenizer, max_tokens: int, with_image_ids: bool = True, tokenization: str = "ours"):
         self.tokenizer, self.max_tokens, self.with_image_ids = tokenizer, max_tokens, with_image_ids
+        self.tokenization = check_tokenization_mode(tokenization)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
-        batch.update(tokenize(self.tokenizer, [s["caption"] for s in samples], self.max_tokens))
+        batch.update(tokenize(self.tokenizer, [s["caption"] for s in samples], self.max_tokens, mode=self.tokenization))
         if self.with_image_ids:
             batch["image_id"] = torch.tensor([s["image_id"] for s in samples], dtype=torch.long)
         batch["skipped"] = [x for s in samples for x in s.get("skipped", [])]

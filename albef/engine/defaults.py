@@ -164,9 +164,16 @@ class Trainer:
         return self.start_iter
 
     def _load_weights(self) -> None:
+        """``model.weights``: our checkpoint, a ``.safetensors`` file or an official ALBEF
+        checkpoint (converted on the fly, report logged). Strict unless ``model.weights_strict=false``."""
         w = self.cfg.model.weights
         if w:
-            self.checkpointer.load(w, checkpointables=[])
+            strict_before = self.checkpointer.strict
+            self.checkpointer.strict = bool(self.cfg.model.weights_strict)
+            try:
+                self.checkpointer.load(w, checkpointables=[])
+            finally:
+                self.checkpointer.strict = strict_before
             logger.info("Initialised the model from %s", w)
 
     def checkpoint_extra(self, iteration: int) -> dict[str, Any]:
@@ -185,7 +192,7 @@ class Trainer:
         results = evaluate_retrieval(
             H.unwrap(self.model), self.test_set, loader, self.tokenizer, k_test=self.cfg.eval.k_test,
             max_tokens=self.cfg.eval.max_tokens, pair_batch=self.cfg.eval.itm_batch_size, device=self.device, amp=self.amp,
-            rerank_score=self.cfg.eval.rerank_score,
+            rerank_score=self.cfg.eval.rerank_score, tokenization=self.cfg.data.tokenization,
         )
         if comm.is_main_process():
             logger.info(

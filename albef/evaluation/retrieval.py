@@ -83,11 +83,12 @@ def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False, rerank_score: str = "itm") -> dict[str, dict[str, float]]:
+def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False, rerank_score: str = "itm", tokenization: str = "ours") -> dict[str, dict[str, float]]:
     """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only when the model has an ITM head).
 
     ``rerank_score``: ``itm`` ranks the top k by the ITM "match" logit (official ALBEF);
-    ``itm+itc`` by that logit plus the ITC cosine (LAVIS).
+    ``itm+itc`` by that logit plus the ITC cosine (LAVIS). ``tokenization``: ``ours`` or
+    ``official`` (``[CLS]`` + words, no ``[SEP]``), as in training (``data.tokenization``).
     """
     if rerank_score not in ("itm", "itm+itc"):
         raise ValueError(f"eval.rerank_score must be 'itm' or 'itm+itc', got {rerank_score!r}")
@@ -99,7 +100,7 @@ def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int =
     try:
         text_embeds, text_mask, text_feat = [], [], []
         for s in range(0, len(dataset.text), text_batch):
-            enc = tokenize(tokenizer, dataset.text[s : s + text_batch], max_tokens, pad_to_max=True)
+            enc = tokenize(tokenizer, dataset.text[s : s + text_batch], max_tokens, pad_to_max=True, mode=tokenization)
             ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             with autocast:
                 emb, feat = model.encode_text(ids, mask)

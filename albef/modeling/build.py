@@ -1,11 +1,14 @@
 """``build_model(cfg, tokenizer)``: the meta-architecture named by ``cfg.model.name``."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from albef.registry import META_ARCH_REGISTRY, build_component
+
+logger = logging.getLogger("albef.modeling")
 
 
 def tokenizer_kwargs(tokenizer: Any) -> dict[str, Any]:
@@ -19,8 +22,20 @@ def tokenizer_kwargs(tokenizer: Any) -> dict[str, Any]:
     )
 
 
-def build_model(cfg: DictConfig, tokenizer: Any = None):
+def build_model(cfg: DictConfig, tokenizer: Any = None, public_init: bool | None = None):
+    """``public_init``: initialise the encoders from their ``pretrained`` public weights
+    (DeiT / BERT). Default: yes, unless ``model.weights`` is set, whose checkpoint replaces
+    every weight anyway (so evaluating a checkpoint needs neither the network nor the files)."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
-    node.pop("weights", None)  # loading is the checkpointer's job
+    weights = node.pop("weights", None)  # loading is the checkpointer's job
+    node.pop("weights_strict", None)
+    if public_init is None:
+        public_init = not weights
+    if not public_init:
+        for key in ("vision_encoder", "text_encoder"):
+            sub = node.get(key)
+            if isinstance(sub, dict) and sub.get("pretrained"):
+                logger.info("model.%s.pretrained=%s skipped: model.weights=%s replaces every weight", key, sub["pretrained"], weights)
+                sub["pretrained"] = None
     extra = tokenizer_kwargs(tokenizer) if tokenizer is not None else {}
     return build_component(META_ARCH_REGISTRY, node, where="model", **extra)
