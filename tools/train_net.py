@@ -24,7 +24,7 @@ logger = logging.getLogger("albef")
 def main(args) -> None:
     try:
         cfg = setup(args)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, eval_only=args.eval_only)
         if args.eval_only:
             if args.resume and trainer.checkpointer.has_checkpoint():
                 trainer.checkpointer.load(trainer.checkpointer.get_checkpoint_file(), checkpointables=[])

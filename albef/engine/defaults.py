@@ -117,16 +117,21 @@ def _default_objectives(cfg: DictConfig) -> bool:
 
 
 class Trainer:
-    """Builds everything a pretraining run needs from ``cfg`` and runs it."""
+    """Builds everything a pretraining run needs from ``cfg`` and runs it.
 
-    def __init__(self, cfg: DictConfig):
+    ``eval_only``: build the model and the test set only; the training data (and its
+    files) are not needed, e.g. to evaluate a released checkpoint.
+    """
+
+    def __init__(self, cfg: DictConfig, eval_only: bool = False):
         self.cfg = cfg
         os.makedirs(cfg.output_dir, exist_ok=True)
         self.device = resolve_device(cfg)
         self.amp = resolve_amp(cfg, self.device)
         prepare_synthetic(cfg)
         self.tokenizer = build_tokenizer(cfg.data.tokenizer)
-        self.train_set = build_train_dataset(cfg)
+        self.eval_only = eval_only
+        self.train_set = None if eval_only else build_train_dataset(cfg)
         self.test_set = build_test_dataset(cfg)
         seed_all(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, self.tokenizer).to(self.device)
@@ -139,7 +144,10 @@ class Trainer:
         ws = comm.get_world_size()
         self.global_batch = cfg.train.batch_size * ws
         ramp = cfg.train.alpha_warmup_iters
-        self.alpha_ramp_iters = math.ceil(len(self.train_set) / self.global_batch) if ramp is None else int(ramp)
+        if ramp is not None:
+            self.alpha_ramp_iters = int(ramp)
+        else:  # one epoch
+            self.alpha_ramp_iters = math.ceil(len(self.train_set) / self.global_batch) if self.train_set is not None else 0
 
     # ------------------------------------------------------------------ state
     def resume_or_load(self, resume: bool = True) -> int:
@@ -220,6 +228,8 @@ class Trainer:
 
     def train(self) -> dict[str, dict[str, float]] | None:
         cfg = self.cfg
+        if self.train_set is None:
+            raise RuntimeError("this Trainer was built with eval_only=True: it has no training data")
         loader = build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
         model = self.model
         if comm.get_world_size() > 1:
