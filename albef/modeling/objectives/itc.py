@@ -18,6 +18,25 @@ def contrastive_targets(batch_size: int, num_cols: int, image_ids: torch.Tensor 
     return t
 
 
+def itc_targets(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """ITC's target distributions (i2t, t2i), each [B, B+Q], without gradient.
+
+    The ground truth (:func:`contrastive_targets`), mixed with the teacher's softmax
+    when distilling: ``alpha * softmax(sim_m) + (1 - alpha) * y`` (paper eq. 6). Public
+    for objectives that reuse ITC's targets with another loss (plugins).
+    """
+    t = ctx.teacher
+    b, n = ctx.sim_i2t.shape
+    targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, ctx.sim_i2t.device)
+    if t.alpha <= 0:
+        return targets, targets
+    with torch.no_grad():
+        sim_i2t_m = t.image_feat_m @ t.text_feat_all.t() / ctx.temp
+        sim_t2i_m = t.text_feat_m @ t.image_feat_all.t() / ctx.temp
+        return (t.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - t.alpha) * targets,
+                t.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - t.alpha) * targets)
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """mean over rows of ``-sum_j targets_ij * log_softmax(logits)_ij``."""
     return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
@@ -32,15 +51,5 @@ class ITCLoss(Objective):
     """
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        t = ctx.teacher
-        sim_i2t, sim_t2i = ctx.sim_i2t, ctx.sim_t2i
-        b, n = sim_i2t.shape
-        targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, sim_i2t.device)
-        tgt_i2t = tgt_t2i = targets
-        if t.alpha > 0:
-            with torch.no_grad():
-                sim_i2t_m = t.image_feat_m @ t.text_feat_all.t() / ctx.temp
-                sim_t2i_m = t.text_feat_m @ t.image_feat_all.t() / ctx.temp
-                tgt_i2t = t.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - t.alpha) * targets
-                tgt_t2i = t.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - t.alpha) * targets
-        return (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i)) / 2
+        tgt_i2t, tgt_t2i = itc_targets(ctx)
+        return (soft_cross_entropy(ctx.sim_i2t, tgt_i2t) + soft_cross_entropy(ctx.sim_t2i, tgt_t2i)) / 2

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from albef.modeling.context import StepContext
 from albef.modeling.objectives.base import Objective
-from albef.modeling.objectives.itc import contrastive_targets
+from albef.modeling.objectives.itc import itc_targets
 
 
 def focal_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -38,13 +38,5 @@ class FocalITCLoss(Objective):
         self.gamma = float(gamma)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        t = ctx.teacher
-        sim_i2t, sim_t2i = ctx.sim_i2t, ctx.sim_t2i
-        b, n = sim_i2t.shape
-        targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, sim_i2t.device)
-        tgt_i2t = tgt_t2i = targets
-        if t.alpha > 0:
-            with torch.no_grad():
-                tgt_i2t = t.alpha * F.softmax(t.image_feat_m @ t.text_feat_all.t() / ctx.temp, dim=1) + (1 - t.alpha) * targets
-                tgt_t2i = t.alpha * F.softmax(t.text_feat_m @ t.image_feat_all.t() / ctx.temp, dim=1) + (1 - t.alpha) * targets
-        return (focal_soft_cross_entropy(sim_i2t, tgt_i2t, self.gamma) + focal_soft_cross_entropy(sim_t2i, tgt_t2i, self.gamma)) / 2
+        tgt_i2t, tgt_t2i = itc_targets(ctx)  # the same targets as ITC (ground truth + distillation)
+        return (focal_soft_cross_entropy(ctx.sim_i2t, tgt_i2t, self.gamma) + focal_soft_cross_entropy(ctx.sim_t2i, tgt_t2i, self.gamma)) / 2
