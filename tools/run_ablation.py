@@ -2,7 +2,7 @@
 """Run ablation variants with several seeds on the same data and budget; tabulate them.
 
     python tools/run_ablation.py [--variants A.yaml B.yaml ...] [--seeds 0 1 2]
-        [--output-dir output/ablations] [--max-iter N] [--base-config FILE] [KEY=VALUE ...]
+        [--output-dir output/ablations] [--max-iter N] [--base-config FILE] [--num-gpus N] [KEY=VALUE ...]
 
 Each variant is a config file (default: every file in ``projects/ablations/configs``,
 in the paper's order). Every (variant, seed) pair runs ``tools/train_net.py`` in its own
@@ -84,8 +84,8 @@ def final_metrics(metrics_json: str) -> dict[str, float]:
     return out
 
 
-def run_one(cfg_file: str, seed: int, run_dir: str, opts: list[str], log_path: str) -> tuple[float, int]:
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", cfg_file, f"train.seed={seed}", f"output_dir={run_dir}", *opts]
+def run_one(cfg_file: str, seed: int, run_dir: str, opts: list[str], log_path: str, num_gpus: int = 1) -> tuple[float, int]:
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", str(num_gpus), "--config-file", cfg_file, f"train.seed={seed}", f"output_dir={run_dir}", *opts]
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", default=os.path.join(REPO, "output", "ablations"))
     p.add_argument("--max-iter", type=int, help="shorthand for train.max_iter=N (same budget for every variant)")
     p.add_argument("--base-config", metavar="FILE", help="run the variants on top of this config instead of their _base_")
+    p.add_argument("--num-gpus", type=int, default=1, help="passed to train_net.py for every run")
     p.add_argument("--rerun", action="store_true", help="run again even if a (variant, seed) already finished")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and chart from runs.jsonl")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE", help="overrides for every run")
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_json = os.path.join(run_dir, "metrics.json")
                 if os.path.exists(metrics_json):
                     os.remove(metrics_json)
-                wall, rc = run_one(cfg_files[n], seed, run_dir, opts, os.path.join(run_dir, "stdout.log"))
+                wall, rc = run_one(cfg_files[n], seed, run_dir, opts, os.path.join(run_dir, "stdout.log"), args.num_gpus)
                 if rc != 0:
                     print(f"{n} seed {seed} failed (exit {rc}); see {os.path.join(run_dir, 'stdout.log')}", file=sys.stderr)
                     return rc
