@@ -256,3 +256,51 @@ def test_spawned_processes_load_the_plugins(synthetic_root, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     with open(os.path.join(out, "metrics.json")) as f:
         assert any("loss_toy" in json.loads(line) for line in f)
+
+
+def test_env_var_none_skips_even_a_broken_install(fresh_plugins, tmp_path):
+    """ALBEF_PLUGINS=none is the way around a broken plugin install: nothing is even discovered."""
+    site = tmp_path / "site"
+    make_dist(site, "albef-first", "1.0", {"same": "albefplug_first2"}, {"albefplug_first2": "raise RuntimeError('never imported')\n"})
+    make_dist(site, "albef-second", "1.0", {"same": "albefplug_second2"}, {"albefplug_second2": "raise RuntimeError('never imported')\n"})
+    sys.path.insert(0, str(site))
+    fresh_plugins.setenv("ALBEF_PLUGINS", "none")
+    assert get_component(OBJECTIVE_REGISTRY, "ITCLoss").__name__ == "ITCLoss"
+
+
+def test_plugin_may_look_up_builtins_while_it_is_imported(fresh_plugins, tmp_path):
+    src = """
+        from albef.plugins import hookimpl
+        from albef.registry import OBJECTIVE_REGISTRY, get_component
+
+        ITCLoss = get_component(OBJECTIVE_REGISTRY, "ITCLoss")  # at import time
+
+        class ScaledITCLoss(ITCLoss):
+            pass
+
+        @hookimpl
+        def albef_register_objectives(register):
+            register(ScaledITCLoss)
+        """
+    sys.path.insert(0, make_dist(tmp_path / "site", "albef-sub", "1.0", {"sub": "albefplug_sub"}, {"albefplug_sub": src}))
+    cls = get_component(OBJECTIVE_REGISTRY, "ScaledITCLoss")
+    assert cls.__mro__[1] is get_component(OBJECTIVE_REGISTRY, "ITCLoss")
+
+
+def test_hook_wrappers_are_refused(fresh_plugins, tmp_path):
+    src = """
+        from albef.plugins import hookimpl
+
+        @hookimpl(wrapper=True)
+        def albef_register_objectives(register):
+            return (yield)
+        """
+    sys.path.insert(0, make_dist(tmp_path / "site", "albef-wrap", "1.0", {"wrap": "albefplug_wrap"}, {"albefplug_wrap": src}))
+    with pytest.raises(PluginError, match="albef plugin 'wrap': albef_register_objectives must be a plain @hookimpl"):
+        load_plugins()
+
+
+def test_builtins_cannot_be_unregistered():
+    with pytest.raises(PluginError, match="cannot be unregistered"):
+        unregister_plugin("albef")
+    assert "ITCLoss" in registered_names(OBJECTIVE_REGISTRY)

@@ -135,3 +135,41 @@ def test_public_init_is_skipped_when_model_weights_replace_everything(tmp_path, 
     assert model.vision_encoder.embed_dim == 32
     with pytest.raises(ComponentError, match="does not exist"):
         build_model(cfg, tokenizer, public_init=True)
+    # A partial load (weights_strict=false) keeps the public init for what the checkpoint lacks.
+    with pytest.raises(ComponentError, match="does not exist"):
+        build_model(tiny_cfg(f"model.vision_encoder.pretrained={missing}", f"model.weights={tmp_path / 'ckpt.pth'}", "model.weights_strict=false"), tokenizer)
+
+
+def test_vit_pretrained_timm_goes_through_the_same_loading(monkeypatch, tmp_path, tiny_cfg, tokenizer):
+    """pretrained=timm: timm's weights at their own resolution, resampled like a local file
+    (bicubic, no antialiasing). timm's download is replaced by a local model here."""
+    import timm
+
+    sd, path = tiny_vit_file(tmp_path, img_size=16)
+    real_create = timm.create_model
+    calls = []
+
+    def fake_create(name, pretrained=False, **kw):
+        if not pretrained:
+            return real_create(name, pretrained=False, **kw)
+        calls.append(kw)
+        src = real_create(name, pretrained=False, img_size=16, **kw)
+        src.load_state_dict({k: v for k, v in sd.items() if not k.startswith("head")})
+        return src
+
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    via_timm = build_model(tiny_cfg("model.vision_encoder.pretrained=timm"), tokenizer).vision_encoder.vit.state_dict()
+    via_file = build_model(tiny_cfg(f"model.vision_encoder.pretrained={path}"), tokenizer).vision_encoder.vit.state_dict()
+    assert calls and "img_size" not in calls[0]  # timm's own resolution
+    assert via_timm.keys() == via_file.keys()
+    for k in via_file:
+        assert torch.equal(via_timm[k], via_file[k]), k
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real_create(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ComponentError, match="pretrained=timm: could not get timm's weights .* give a local file instead"):
+        build_model(tiny_cfg("model.vision_encoder.pretrained=timm"), tokenizer)

@@ -24,13 +24,14 @@ def tokenizer_kwargs(tokenizer: Any) -> dict[str, Any]:
 
 def build_model(cfg: DictConfig, tokenizer: Any = None, public_init: bool | None = None):
     """``public_init``: initialise the encoders from their ``pretrained`` public weights
-    (DeiT / BERT). Default: yes, unless ``model.weights`` is set, whose checkpoint replaces
-    every weight anyway (so evaluating a checkpoint needs neither the network nor the files)."""
+    (DeiT / BERT). Default: yes, unless ``model.weights`` is set and loads strictly: its
+    checkpoint then replaces every weight anyway (so evaluating a checkpoint needs neither
+    the network nor the init files)."""
     node = OmegaConf.to_container(cfg.model, resolve=True)
     weights = node.pop("weights", None)  # loading is the checkpointer's job
-    node.pop("weights_strict", None)
-    if public_init is None:
-        public_init = not weights
+    strict = node.pop("weights_strict", True)
+    if public_init is None:  # a partial (non-strict) load keeps what the public weights gave the rest
+        public_init = not weights or not strict
     if not public_init:
         for key in ("vision_encoder", "text_encoder"):
             sub = node.get(key)

@@ -47,31 +47,34 @@ def load_state_file(path: str, where: str) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- ViT
-def load_vit_weights(vit: nn.Module, path: str, where: str = "model.vision_encoder.pretrained") -> None:
-    """Load a timm/DeiT ViT state dict into ``vit`` (a timm VisionTransformer without head).
+def load_vit_weights(vit: nn.Module, source: str | Mapping[str, torch.Tensor], where: str = "model.vision_encoder.pretrained", label: str | None = None) -> None:
+    """Load a timm/DeiT ViT state dict (a file path, or the dict itself) into ``vit`` (a timm
+    VisionTransformer without head).
 
     timm's own ``checkpoint_filter_fn`` adapts the layout and resamples the positional
-    embedding to the model's grid (bicubic, [CLS] position kept); classifier weights are dropped. Every model tensor
-    must be filled, else an error lists what is missing.
+    embedding to the model's grid (bicubic, [CLS] position kept); classifier weights are
+    dropped. Every model tensor must be filled, else an error lists what is missing.
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    label = label or (source if isinstance(source, str) else "the given state dict")
+    raw = load_state_file(source, where) if isinstance(source, str) else dict(source)
     # Bicubic without antialiasing, as the official interpolate_pos_embed (timm's default
     # antialias=True uses a different cubic kernel, even when upsampling).
-    sd = checkpoint_filter_fn(load_state_file(path, where), vit, interpolation="bicubic", antialias=False)
+    sd = checkpoint_filter_fn(raw, vit, interpolation="bicubic", antialias=False)
     own = vit.state_dict()
     dropped = sorted(k for k in sd if k not in own and (k.startswith("head") or k.startswith("fc_norm") or k == "dist_token"))
     sd = {k: v for k, v in sd.items() if k not in dropped}
     bad_shape = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape)
     if bad_shape:
-        raise ComponentError(f"{where}: '{path}' does not fit model.vision_encoder (shape mismatch): " + "; ".join(bad_shape[:10]))
+        raise ComponentError(f"{where}: '{label}' does not fit model.vision_encoder (shape mismatch): " + "; ".join(bad_shape[:10]))
     missing, unexpected = vit.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ComponentError(
-            f"{where}: '{path}' is not a checkpoint of this ViT: missing {sorted(missing)[:10]}{'...' if len(missing) > 10 else ''}, "
+            f"{where}: '{label}' is not a checkpoint of this ViT: missing {sorted(missing)[:10]}{'...' if len(missing) > 10 else ''}, "
             f"unexpected {sorted(unexpected)[:10]}{'...' if len(unexpected) > 10 else ''}"
         )
-    logger.info("ViT initialised from %s: %d tensors loaded%s", path, len(sd), f", dropped {dropped} (classifier)" if dropped else "")
+    logger.info("ViT initialised from %s: %d tensors loaded%s", label, len(sd), f", dropped {dropped} (classifier)" if dropped else "")
 
 
 # ---------------------------------------------------------------------------- BERT

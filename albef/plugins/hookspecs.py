@@ -6,7 +6,10 @@ A plugin implements any of them with :data:`albef.plugins.hookimpl`; each receiv
     register(obj, name=None)   # name defaults to obj.__name__
 
 that adds ``obj`` to that family's registry, recording which plugin provided it. The
-built-in components register through these same hooks (``albef.plugins.builtin``).
+built-in components register through these same hooks (``albef.plugins.builtin``), first,
+so a plugin may look built-ins up while it is imported. Each implementation is called
+once, one plugin at a time (so every registration is attributed): plain ``@hookimpl``
+functions only, no hook wrappers.
 """
 from __future__ import annotations
 

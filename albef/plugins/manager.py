@@ -57,16 +57,17 @@ def plugin_selection() -> set[str] | None:
     return {s.strip() for s in raw.split(",") if s.strip()}
 
 
-def discover_entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
-    """Every ``albef`` entry point of the installed distributions, as (entry point, distribution).
+def discover_entry_points(selected: set[str] | None = None) -> list[tuple[importlib.metadata.EntryPoint, Any]]:
+    """The ``albef`` entry points of the installed distributions, as (entry point, distribution);
+    only the ``selected`` names when given (None: all).
 
-    Two distributions declaring the same plugin name is an error (pluggy would silently
-    keep only the first one found on ``sys.path``).
+    Two distributions declaring the same selected plugin name is an error (pluggy would
+    silently keep only the first one found on ``sys.path``).
     """
     seen: dict[str, tuple[importlib.metadata.EntryPoint, Any]] = {}
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP:
+            if ep.group != ENTRY_POINT_GROUP or (selected is not None and ep.name not in selected):
                 continue
             prev = seen.get(ep.name)
             if prev is not None:
@@ -74,7 +75,7 @@ def discover_entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
                     continue  # the same distribution found twice on sys.path
                 raise PluginError(
                     f"albef plugin name clash: '{ep.name}' is declared by {_dist_label(prev[1])} ({prev[0].value}) "
-                    f"and by {_dist_label(dist)} ({ep.value}); uninstall one of them"
+                    f"and by {_dist_label(dist)} ({ep.value}); uninstall one of them, or leave it out with {ENV_VAR}"
                 )
             seen[ep.name] = (ep, dist)
     return sorted(seen.values(), key=lambda x: x[0].name)
@@ -98,7 +99,10 @@ def _new_manager() -> pluggy.PluginManager:
 
 
 def load_plugins() -> pluggy.PluginManager:
-    """Register built-ins and installed plugins once; later calls return the same manager."""
+    """Register built-ins and installed plugins once; later calls return the same manager.
+
+    The built-ins are registered first, so a plugin may look them up while it is imported.
+    """
     global _pm, _loaded, _loading
     with _lock:
         if _loaded or _loading:  # _loading: a lookup made while plugins register themselves
@@ -110,19 +114,21 @@ def load_plugins() -> pluggy.PluginManager:
             from albef.plugins import builtin
 
             pm.register(builtin, name=BUILTIN_NAME)
+            register_from(pm, added, only=BUILTIN_NAME)
+            _pm = pm
             selected = plugin_selection()
-            eps = discover_entry_points()
+            eps = [] if selected == set() else discover_entry_points(selected)  # none: not even discovered
             names = {ep.name for ep, _ in eps}
             if selected:
                 unknown = selected - names
                 if unknown:
+                    installed = sorted(ep.name for ep, _ in discover_entry_points())
                     raise PluginError(
                         f"{ENV_VAR}={os.environ.get(ENV_VAR)!r} names plugin(s) {sorted(unknown)} that are not installed; "
-                        f"installed albef plugins: {', '.join(sorted(names)) or '(none)'}"
+                        f"installed albef plugins: {', '.join(installed) or '(none)'}"
                     )
+            loaded = []
             for ep, dist in eps:
-                if selected is not None and ep.name not in selected:
-                    continue
                 if ep.name == BUILTIN_NAME:
                     raise PluginError(f"{_dist_label(dist)} declares an albef plugin named '{BUILTIN_NAME}', which is reserved for the built-ins")
                 _dists[ep.name] = _dist_label(dist)
@@ -133,15 +139,18 @@ def load_plugins() -> pluggy.PluginManager:
                         f"albef plugin '{ep.name}' (entry point '{ep.value}' of {_dist_label(dist)}) failed to load: "
                         f"{type(e).__name__}: {e}"
                     ) from e
+                loaded.append(ep.name)
             try:
                 pm.check_pending()  # a hook implementation whose name matches no albef hook (a typo)
             except pluggy.PluginValidationError as e:
                 raise PluginError(f"albef plugin '{e.plugin}' implements an unknown hook: {e}") from e
-            register_from(pm, added)
-            _pm, _loaded = pm, True
+            for name in loaded:
+                register_from(pm, added, only=name)
+            _loaded = True
             return pm
         except BaseException:
             _rollback(added)
+            _pm = None
             raise
         finally:
             _loading = False
@@ -157,7 +166,10 @@ def register_plugin(plugin: Any, name: str) -> None:
     with _lock:
         if pm.get_plugin(name) is not None:
             raise PluginError(f"an albef plugin named '{name}' is already registered")
-        pm.register(plugin, name=name)
+        try:
+            pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as e:
+            raise PluginError(f"albef plugin '{name}' cannot be registered: {e}") from e
         added: list[tuple[str, str]] = []
         try:
             try:
@@ -174,6 +186,8 @@ def register_plugin(plugin: Any, name: str) -> None:
 def unregister_plugin(name: str) -> None:
     """Remove an in-process plugin and the components it registered."""
     with _lock:
+        if name == BUILTIN_NAME:
+            raise PluginError("the built-in components cannot be unregistered (use ALBEF_PLUGINS to leave plugins out)")
         if _pm is None or _pm.get_plugin(name) is None:
             raise PluginError(f"no albef plugin named '{name}' is registered")
         provider = _provider(name)
@@ -192,6 +206,9 @@ def register_from(pm: pluggy.PluginManager, added: list[tuple[str, str]], only: 
         for impl in impls:
             if only is not None and impl.plugin_name != only:
                 continue
+            if impl.hookwrapper or getattr(impl, "wrapper", False):
+                # a wrapper would be called here as a plain function and register nothing
+                raise PluginError(f"albef plugin '{impl.plugin_name}': {hook_name} must be a plain @hookimpl, not a hook wrapper")
             register = _make_register(family, ALL_REGISTRIES[family], impl.plugin_name, added)
             kwargs = {"register": register} if "register" in impl.argnames else {}
             try:

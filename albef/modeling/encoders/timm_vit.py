@@ -34,24 +34,28 @@ class TimmViT(nn.Module):
     def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random", pretrained: str | None = None):
         super().__init__()
         kwargs = dict(model_kwargs or {})
-        from_timm = pretrained == "timm"
         try:
             self.vit = timm.create_model(
-                model_name, pretrained=from_timm, img_size=img_size, num_classes=0, global_pool="", **kwargs
+                model_name, pretrained=False, img_size=img_size, num_classes=0, global_pool="", **kwargs
             )
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"timm could not build '{model_name}' with img_size={img_size}, {kwargs}: {e}") from e
-        except Exception as e:  # download failures (offline, unknown weights)
-            if not from_timm:
-                raise
-            raise ComponentError(
-                f"model.vision_encoder.pretrained=timm: could not get timm's weights for '{model_name}' "
-                f"(offline? give a local file instead): {type(e).__name__}: {e}"
-            ) from e
-        if pretrained and not from_timm:
+        if pretrained:
             from albef.modeling.pretrained import load_vit_weights
 
-            load_vit_weights(self.vit, pretrained)
+            if pretrained == "timm":
+                # timm's weights at their own resolution, then the same loading (and bicubic
+                # position resampling) as a local file
+                try:
+                    src = timm.create_model(model_name, pretrained=True, num_classes=0, global_pool="", **kwargs)
+                except Exception as e:  # download failures (offline, no weights for this name)
+                    raise ComponentError(
+                        f"model.vision_encoder.pretrained=timm: could not get timm's weights for '{model_name}' "
+                        f"(offline? give a local file instead): {type(e).__name__}: {e}"
+                    ) from e
+                load_vit_weights(self.vit, src.state_dict(), label=f"timm:{model_name}")
+            else:
+                load_vit_weights(self.vit, pretrained)
         if not hasattr(self.vit, "forward_features") or not hasattr(self.vit, "pos_embed"):
             raise ValueError(f"timm model '{model_name}' is not a Vision Transformer")
         self.embed_dim: int = self.vit.embed_dim
