@@ -87,6 +87,8 @@ def test_summary_table_and_chart(tmp_path):
     assert table[0].startswith("| variant | seeds | TR@1 | TR@5 | IR@1 | IR@5 | r_mean | ITC TR@1 | ITC IR@1 |")
     assert table[2] == "| `b` | 3 | 20.0 ± 10.0 | 30.0 ± 10.0 | 10.0 ± 5.0 | 20.0 ± 10.0 | 20.0 ± 10.0 | 19.0 ± 10.0 | 18.0 ± 10.0 | 2.00 ± 1.00 |"
     assert table[3] == "| `a` | 2 | 40.0 ± 0.0 | 50.0 ± 0.0 | 20.0 ± 0.0 | 40.0 ± 0.0 | 40.0 ± 0.0 | n/a | n/a | 1.50 ± 0.71 |"
+    one = markdown_table(summarize([_run("c", 0, 30.0)])).splitlines()[2]
+    assert one.startswith("| `c` | 1 | 30.0 | 40.0 | 15.0 |") and "±" not in one  # one seed: no spread shown
     png = str(tmp_path / "c.png")
     bar_chart_png(rows, png)
     img = Image.open(png).convert("RGB")
@@ -115,6 +117,10 @@ def test_tiny_sweep_through_the_command_line(synthetic_root, tmp_path):
     # Repeating the command reruns nothing.
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0 and r.stdout.count("skip ") == 4 and "$ " not in r.stdout
+    # The same output dir with another budget would mix incomparable runs: refused, nothing run.
+    other = [c if c != "2" or cmd[i - 1] != "--max-iter" else "3" for i, c in enumerate(cmd)]
+    r = subprocess.run(other, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 2 and "another config, overrides or budget" in r.stderr and "$ " not in r.stdout
 
 
 def test_bad_variant_is_reported_before_any_run(tmp_path):

@@ -67,6 +67,27 @@ def materialize_variant(path: str, base_config: str | None, out_dir: str) -> str
     return dst
 
 
+def fingerprint(cfg, num_gpus: int) -> str:
+    """What makes two runs of a variant comparable: the resolved config minus seed and output dir."""
+    import hashlib
+
+    from albef.config import config_to_dict
+
+    d = config_to_dict(cfg)
+    d.pop("output_dir", None)
+    d["train"].pop("seed", None)
+    d["_num_gpus"] = num_gpus
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def write_runs(path: str, runs: list[dict]) -> None:
+    """Atomically: an interrupted write never leaves a half line behind."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in runs)
+    os.replace(tmp, path)
+
+
 def load_runs(path: str) -> list[dict]:
     if not os.path.isfile(path):
         return []
@@ -140,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
 
         for cfg in {c.data.synthetic.root if c.data.synthetic is not None else None: c for c in cfgs.values()}.values():
             prepare_synthetic(cfg)
-        done = {(r["variant"], r["seed"]) for r in runs}
+        prints = {n: fingerprint(c, args.num_gpus) for n, c in cfgs.items()}
+        done = {(r["variant"], r["seed"]): r.get("fingerprint") for r in runs}
+        if not args.rerun:  # a finished run made with another config would mix into the table
+            stale = sorted(f"{n} seed {s}" for (n, s), fp in done.items() if n in prints and s in args.seeds and fp is not None and fp != prints[n])
+            if stale:
+                print(f"{runs_path} holds runs made with another config, overrides or budget ({', '.join(stale)}); "
+                      "use --rerun to replace them or another --output-dir", file=sys.stderr)
+                return 2
         for seed in args.seeds:  # seed-major: a partial sweep still covers every variant
             for n in names:
                 if (n, seed) in done and not args.rerun:
@@ -159,11 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                 rec = {
                     "variant": n, "seed": seed, "wall_s": wall, "metrics": final_metrics(metrics_json),
                     "itc_off": cfg.model.objectives.get("itc") is None, "description": description(files[names.index(n)]),
-                    "max_iter": cfg.train.max_iter, "config": cfg_files[n], "opts": opts,
+                    "max_iter": cfg.train.max_iter, "config": cfg_files[n], "opts": opts, "fingerprint": prints[n],
                 }
                 runs = [r for r in runs if (r["variant"], r["seed"]) != (n, seed)] + [rec]
-                with open(runs_path, "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in runs)
+                write_runs(runs_path, runs)
                 r1 = rec["metrics"]
                 print(f"{n} seed {seed}: {wall / 60:.2f} min, TR@1 {r1.get('retrieval/txt_r1', float('nan')):.2f} IR@1 {r1.get('retrieval/img_r1', float('nan')):.2f}", flush=True)
 

@@ -58,11 +58,11 @@ def summarize(runs: Iterable[dict], order: Sequence[str] | None = None) -> list[
     return rows
 
 
-def _fmt(ms: tuple[float, float] | None, digits: int = 1) -> str:
+def _fmt(ms: tuple[float, float] | None, n: int, digits: int = 1) -> str:
     if ms is None:
         return "n/a"
     m, s = ms
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
+    return f"{m:.{digits}f}" if n < 2 else f"{m:.{digits}f} ± {s:.{digits}f}"  # one seed: no spread to show
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -71,9 +71,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in rows:
         cells = [f"`{row['variant']}`", str(row["n"])]
-        cells += [_fmt(row.get(key)) for _, key in COLUMNS]
+        cells += [_fmt(row.get(key), row["n"]) for _, key in COLUMNS]
         m, s = row["wall_s"]
-        cells.append(f"{m / 60:.2f} ± {s / 60:.2f}")
+        cells.append(_fmt((m / 60, s / 60), row["n"], digits=2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
