@@ -55,7 +55,8 @@ def read_checkpoint_file(path: str) -> dict[str, Any]:
 
     A ``.safetensors`` file (or one with its header) is read with ``safetensors``; any
     other file with ``torch.load(..., weights_only=True)``, so a pickle that would run
-    code on loading is refused. A flat state dict is wrapped as ``{'model': ...}``.
+    code on loading is refused. A flat state dict, or one under ``state_dict``/``module``,
+    is returned as ``{'model': ...}``.
     Raises :class:`CheckpointFormatError` naming the file.
     """
     local = path if os.path.isfile(path) else PathManager.get_local_path(path)
@@ -78,6 +79,9 @@ def read_checkpoint_file(path: str) -> dict[str, Any]:
             raise CheckpointFormatError(f"{path}: cannot be loaded as a weights-only checkpoint ({e.__class__.__name__}: {e})") from e
     if isinstance(ckpt, dict) and _is_state_dict(ckpt.get("model")):
         return ckpt
+    for key in ("state_dict", "module"):  # other release formats (e.g. some timm/ViT files)
+        if isinstance(ckpt, dict) and _is_state_dict(ckpt.get(key)):
+            return {"model": ckpt[key]}
     if _is_state_dict(ckpt):
         return {"model": ckpt}
     what = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__

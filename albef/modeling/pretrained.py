@@ -22,28 +22,19 @@ logger = logging.getLogger("albef.modeling")
 
 
 def load_state_file(path: str, where: str) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``); unwraps
-    ``{'model': ...}`` / ``{'state_dict': ...}``. Missing or unreadable: ComponentError naming ``where``."""
+    """The state dict of a weights file, read like every checkpoint here (safetensors or
+    ``torch.load(weights_only=True)``, see :func:`albef.checkpoint.read_checkpoint_file`).
+    Missing or unreadable: ComponentError naming ``where``."""
+    from albef.checkpoint.checkpointer import CheckpointFormatError, read_checkpoint_file
     from albef.utils.file_io import PathManager
 
     local = PathManager.get_local_path(path) if "://" in path else path
     if not os.path.isfile(local):
         raise ComponentError(f"{where}: weights file '{path}' does not exist (refusing to fall back to a random initialisation)")
     try:
-        if local.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(local)
-        else:
-            sd = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or one that needs arbitrary unpickling
-        raise ComponentError(f"{where}: cannot read weights file '{path}': {type(e).__name__}: {e}") from e
-    for key in ("model", "state_dict", "module"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ComponentError(f"{where}: '{path}' does not hold a state dict (a mapping of names to tensors)")
-    return dict(sd)
+        return dict(read_checkpoint_file(local)["model"])
+    except CheckpointFormatError as e:  # corrupt file, not a state dict, or one that needs arbitrary unpickling
+        raise ComponentError(f"{where}: cannot read weights file '{path}': {e}") from e
 
 
 # ---------------------------------------------------------------------------- ViT
