@@ -1,5 +1,18 @@
-"""Packaging for albef. ``pip install -e .[dev]`` installs the library plus test tools."""
+"""Packaging for albef. ``pip install -e .[dev]`` installs the library plus test tools.
+
+The configs of ``configs/`` ship inside the package as ``albef/model_zoo/configs`` (a
+link made here at build time, as detectron2's model zoo), so an installed plugin's config
+can ``_base_: albef://pretrain/synthetic.yaml``.
+"""
+import os
+
 from setuptools import find_packages, setup
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ZOO = os.path.join(_HERE, "albef", "model_zoo", "configs")
+if os.path.isdir(os.path.join(_HERE, "configs")) and not os.path.lexists(_ZOO):
+    os.makedirs(os.path.dirname(_ZOO), exist_ok=True)
+    os.symlink(os.path.join("..", "..", "configs"), _ZOO)
 
 setup(
     name="albef",
@@ -9,6 +22,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["albef", "albef.*"]),
+    package_data={"albef.model_zoo": ["configs/*.yaml", "configs/*/*.yaml"]},
     install_requires=[
         # The local wheel cache serves torch 2.14.1 / torchvision 0.29.1; keep ranges they satisfy.
         "torch>=2.4,<=2.14.1",

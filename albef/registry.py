@@ -13,8 +13,11 @@ FUSION_REGISTRY       ``model.fusion``              CrossAttentionFusion
 OBJECTIVE_REGISTRY    ``model.objectives.<key>``    ITCLoss, ITMLoss, MLMLoss
 MINER_REGISTRY        ``model.objectives.itm.miner`` ContrastiveHardNegativeMiner
 TEACHER_REGISTRY      ``model.teacher``             MomentumTeacher, NoTeacher
-DATASET_REGISTRY      ``data.train`` / ``data.test`` PretrainJSON, RetrievalEvalJSON
-HEAD_REGISTRY         task heads                    ITMHead, MLMHead
+DATASET_REGISTRY      ``data.train/val/test``       PretrainJSON, RetrievalEvalJSON, ...
+HEAD_REGISTRY         ``model.heads.<key>``         ITMHead, MLMHead, MLPClassifierHead
+COLLATOR_REGISTRY     ``data.collator``             ImageTextCollator
+EVALUATOR_REGISTRY    ``eval.<key>``                RetrievalEvaluator, ClassificationEvaluator
+TRAINER_REGISTRY      ``train.trainer``             DefaultTrainer
 ====================  ===========================  ==============================
 
 Components enter the registries through plugin hooks (:mod:`albef.plugins`): the
@@ -39,6 +42,9 @@ MINER_REGISTRY = Registry("MINER")
 TEACHER_REGISTRY = Registry("TEACHER")
 DATASET_REGISTRY = Registry("DATASET")
 HEAD_REGISTRY = Registry("HEAD")
+COLLATOR_REGISTRY = Registry("COLLATOR")
+EVALUATOR_REGISTRY = Registry("EVALUATOR")
+TRAINER_REGISTRY = Registry("TRAINER")
 
 ALL_REGISTRIES: dict[str, Registry] = {
     "meta_arch": META_ARCH_REGISTRY,
@@ -50,6 +56,9 @@ ALL_REGISTRIES: dict[str, Registry] = {
     "teacher": TEACHER_REGISTRY,
     "dataset": DATASET_REGISTRY,
     "head": HEAD_REGISTRY,
+    "collator": COLLATOR_REGISTRY,
+    "evaluator": EVALUATOR_REGISTRY,
+    "trainer": TRAINER_REGISTRY,
 }
 
 

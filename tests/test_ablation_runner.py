@@ -41,7 +41,7 @@ EXPECTED = {
         "model.objectives.itc": None, "model.objectives.itm.miner.name": "RandomNegativeMiner",
         "model.objectives.itm.miner.temperature": "<absent>", "model.teacher.name": "NoTeacher",
         "model.teacher.momentum": "<absent>", "model.teacher.queue_size": "<absent>", "model.teacher.alpha": "<absent>",
-        "eval.k_test": 1000000,
+        "eval.retrieval.k_test": 1000000,
         # itc: null drops its subtree
         "model.objectives.itc.name": "<absent>", "model.objectives.itc.weight": "<absent>",
     },
@@ -50,7 +50,7 @@ EXPECTED = {
     "itc_mlm_itm_hard_mod": {},
     "mlm_itm_mod_no_itc": {
         "model.objectives.itc": None, "model.objectives.itc.name": "<absent>", "model.objectives.itc.weight": "<absent>",
-        "model.objectives.itm.miner.name": "RandomNegativeMiner", "model.objectives.itm.miner.temperature": "<absent>", "eval.k_test": 1000000,
+        "model.objectives.itm.miner.name": "RandomNegativeMiner", "model.objectives.itm.miner.temperature": "<absent>", "eval.retrieval.k_test": 1000000,
     },
 }
 

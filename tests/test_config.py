@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import math
 import os
 
 import pytest
@@ -41,12 +40,12 @@ def test_base_chain_three_files_relative_paths(tmp_path, monkeypatch):
 
 def test_base_list_later_wins(tmp_path):
     write(tmp_path / "a.yaml", "train: {lr: 1.0e-3, batch_size: 4}\n")
-    write(tmp_path / "b.yaml", "train: {lr: 5.0e-4}\neval: {k_test: 3}\n")
-    leaf = write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\neval: {batch_size: 5}\n")
+    write(tmp_path / "b.yaml", "train: {lr: 5.0e-4}\neval: {retrieval: {k_test: 3}}\n")
+    leaf = write(tmp_path / "c.yaml", "_base_: [a.yaml, b.yaml]\neval: {retrieval: {batch_size: 5}}\n")
     cfg = load_config(leaf)
     assert cfg.train.lr == pytest.approx(5.0e-4)
     assert cfg.train.batch_size == 4
-    assert (cfg.eval.k_test, cfg.eval.batch_size) == (3, 5)
+    assert (cfg.eval.retrieval.k_test, cfg.eval.retrieval.batch_size) == (3, 5)
 
 
 def test_base_absolute_path(tmp_path):
@@ -267,8 +266,11 @@ def test_new_objective_key():
 def test_new_key_in_plain_section_rejected():
     # component nodes are open (their keys are checked when built); plain sections are not
     with pytest.raises(ConfigError) as ei:
-        load_config(None, ["eval.k_tset=3"])
-    assert "eval.k_test" in str(ei.value)
+        load_config(None, ["train.max_itr=3"])
+    assert "train.max_iter" in str(ei.value)
+    with pytest.raises(ConfigError) as ei:  # a key of an evaluator component is open, a moved one is named
+        load_config(None, ["eval.k_test=3"])
+    assert "moved to 'eval.retrieval.k_test'" in str(ei.value)
     with pytest.raises(ConfigError):
         load_config(None, ["data.transforms.randaugment.num_op=3"])
 
@@ -406,22 +408,27 @@ def test_base_albef_is_paper_4m_recipe():
     assert t.min_lr == pytest.approx(1e-5)
     assert t.clip_grad is None
     # evaluation as the official Retrieval.py
-    assert cfg.eval.k_test == 256 and cfg.eval.max_tokens == 30
+    assert cfg.eval.retrieval.k_test == 256 and cfg.eval.retrieval.max_tokens == 30
 
 
-def test_base_albef_file_states_recipe_itself():
-    """The recipe is written in the file (not only inherited from the schema defaults)."""
+def test_base_albef_file_does_not_repeat_the_schema():
+    """One place for defaults: Base-ALBEF.yaml names the recipe, the schema holds its values
+    (so a default changed in the schema cannot silently disagree with the file)."""
     with open(os.path.join(REPO, "configs", "Base-ALBEF.yaml")) as f:
         raw = yaml.safe_load(f)
     assert "_base_" not in raw
-    m, t = raw["model"], raw["train"]
-    assert m["vision_encoder"]["img_size"] == 256 and m["embed_dim"] == 256
-    assert m["text_encoder"]["config"]["hidden_size"] == 768
-    assert m["text_encoder"]["num_layers"] == 6 and m["fusion"]["num_layers"] == 6
-    assert m["teacher"] == {"name": "MomentumTeacher", "momentum": 0.995, "queue_size": 65536, "alpha": 0.4}
-    assert m["objectives"]["mlm"]["mask_prob"] == 0.15
-    assert math.isclose(t["lr"], 1e-4) and math.isclose(t["weight_decay"], 0.02) and t["batch_size"] == 64
-    assert math.isclose(t["min_lr"], 1e-5) and math.isclose(t["warmup_lr"], 1e-5) and t["warmup_iters"] == 2000
+    defaults = get_default_config_dict()
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    schema = dict(leaves(defaults))
+    restated = [k for k, v in leaves(raw) if not k.endswith(".name") and schema.get(k, object()) == v]
+    assert restated == [], f"Base-ALBEF.yaml repeats schema defaults: {restated}"
 
 
 def test_4m_config_schedule():

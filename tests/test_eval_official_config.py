@@ -26,7 +26,7 @@ def toy_overrides(root: str) -> list[str]:
         "model.text_encoder.config={hidden_size: 32, num_attention_heads: 2, intermediate_size: 64, max_position_embeddings: 32}",
         "model.fusion.num_layers=1", "model.teacher.queue_size=24",
         f"data.tokenizer={root}/vocab.txt", f"data.test.ann_file={root}/test.json", f"data.test.image_root={root}",
-        "data.num_workers=0", "eval.k_test=4", "eval.max_tokens=16", "eval.batch_size=8",
+        "data.num_workers=0", "eval.retrieval.k_test=4", "eval.retrieval.max_tokens=16", "eval.retrieval.batch_size=8",
     ]
 
 

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef.modeling.context import StepContext, TeacherOutput
+from albef.modeling.context import EncodeFns, StepContext, TeacherOutput
+from albef.modeling.heads.itm_head import ITMHead
+from albef.modeling.heads.mlm_head import MLMHead
 from albef.modeling.miners.base import MinedNegatives
 from albef.modeling.objectives.itc import ITCLoss
 from albef.modeling.objectives.itm import ITMLoss
@@ -28,6 +30,27 @@ def _lse(xs):
 
 def _unit_rows(n, e, gen):
     return F.normalize(torch.randn(n, e, generator=gen), dim=1)
+
+
+def _fns_of(model):
+    """The narrow functions a StepContext hands objectives, over fake components in ``model``
+    (``text_encoder``, ``fusion``, ``heads`` and a fake ``teacher``)."""
+    if model is None:
+        return None
+
+    def encode_text(ids, mask, teacher=False):
+        if teacher:
+            return model.teacher.encode_text(ids, mask)
+        return model.text_encoder(ids, mask), None
+
+    def fuse(text, mask, visual, teacher=False):
+        image = visual.tokens[0]
+        return model.teacher.fuse(text, mask, image) if teacher else model.fusion(text, mask, image)
+
+    def head(key, teacher=False):
+        return model.teacher.head(key) if teacher else model.heads[key]
+
+    return EncodeFns(encode_image=None, encode_text=encode_text, encode_visual=None, fuse=fuse, head=head)
 
 
 def _make_ctx(image_feat, text_feat, *, image_feat_m=None, text_feat_m=None, image_queue=None, text_queue=None,
@@ -52,12 +75,15 @@ def _make_ctx(image_feat, text_feat, *, image_feat_m=None, text_feat_m=None, ima
     batch = dict(batch or {})
     if image_id is not None:
         batch["image_id"] = image_id
-    return StepContext(
-        model=model, batch=batch,
+    ctx = StepContext(
+        batch, _fns_of(model),
         image_embeds=image_embeds if image_embeds is not None else torch.zeros(b, 1, 1),
         text_embeds=text_embeds if text_embeds is not None else torch.zeros(b, 1, 1),
-        image_feat=image_feat, text_feat=text_feat, temp=torch.tensor(float(temp)), teacher=teacher,
+        image_feat=image_feat, text_feat=text_feat, temp=torch.tensor(float(temp)), teacher=teacher, alpha=alpha,
     )
+    if image_embeds_m is not None:  # the teacher's image tokens (its ViT pass)
+        ctx._cache[("image", True)] = (image_embeds_m, image_feat_m)
+    return ctx
 
 
 def _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, ids, ids_q, alpha, temp):
@@ -203,11 +229,11 @@ def _itm_setup(b=3, seed=0):
         mask[i, : 1 + (i % L)] = 1  # distinct lengths, so a wrong mask permutation shows
     w = torch.randn(DV, H, generator=g)
     fusion = _FakeFusion(w)
-    model = SimpleNamespace(fusion=fusion)
-    obj = ITMLoss(hidden_size=H)
+    model = SimpleNamespace(fusion=fusion, heads={"itm": ITMHead(H)})
+    obj = ITMLoss()
     with torch.no_grad():
-        obj.itm_head.linear.weight.copy_(torch.randn(2, H, generator=g))
-        obj.itm_head.linear.bias.copy_(torch.randn(2, generator=g))
+        model.heads["itm"].linear.weight.copy_(torch.randn(2, H, generator=g))
+        model.heads["itm"].linear.bias.copy_(torch.randn(2, generator=g))
     feats = _unit_rows(b, 4, g)
     return text, image, mask, w, fusion, model, obj, feats
 
@@ -241,13 +267,13 @@ def test_itm_pinned_negatives_hand_computation_and_pair_order():
 
     pairs = [(k, k, 1) for k in range(b)] + [(k, int(neg_img[k]), 0) for k in range(b)] + \
             [(int(neg_txt[k]), k, 0) for k in range(b)]
-    ces = [_hand_itm_ce(t, i, lab, text, image, mask, w, obj.itm_head.linear) for t, i, lab in pairs]
+    ces = [_hand_itm_ce(t, i, lab, text, image, mask, w, model.heads["itm"].linear) for t, i, lab in pairs]
     assert loss.item() == pytest.approx(sum(ces) / len(ces), rel=1e-5, abs=1e-6)
     assert float(ctx.stats["dropped_itm_negatives"]) == 0.0
 
     # Labels order [1]*B + [0]*2B: swapping the label of the positives must change the value
     swapped = [(t, i, 1 - lab) for t, i, lab in pairs]
-    ces_swapped = [_hand_itm_ce(t, i, lab, text, image, mask, w, obj.itm_head.linear) for t, i, lab in swapped]
+    ces_swapped = [_hand_itm_ce(t, i, lab, text, image, mask, w, model.heads["itm"].linear) for t, i, lab in swapped]
     assert abs(sum(ces_swapped) / len(ces_swapped) - loss.item()) > 1e-3
 
 
@@ -287,7 +313,7 @@ def test_itm_invalid_negatives_are_excluded_from_the_mean():
     pairs = [(k, k, 1) for k in range(b)]
     pairs += [(k, int(neg_img[k]), 0) for k in range(b) if valid_text[k]]
     pairs += [(int(neg_txt[k]), k, 0) for k in range(b) if valid_image[k]]
-    ces = [_hand_itm_ce(t, i, lab, text, image, mask, w, obj.itm_head.linear) for t, i, lab in pairs]
+    ces = [_hand_itm_ce(t, i, lab, text, image, mask, w, model.heads["itm"].linear) for t, i, lab in pairs]
     assert loss.item() == pytest.approx(sum(ces) / len(ces), rel=1e-5, abs=1e-6)
     assert float(ctx.stats["dropped_itm_negatives"]) == 3.0
 
@@ -299,7 +325,7 @@ def test_itm_real_miner_all_same_image_drops_every_negative():
     ctx = _make_ctx(feats, feats.clone(), model=model, batch={"attention_mask": mask}, image_embeds=image,
                     text_embeds=text, image_id=ids)
     loss = obj(ctx)
-    ces = [_hand_itm_ce(k, k, 1, text, image, mask, w, obj.itm_head.linear) for k in range(b)]
+    ces = [_hand_itm_ce(k, k, 1, text, image, mask, w, model.heads["itm"].linear) for k in range(b)]
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(sum(ces) / b, rel=1e-5, abs=1e-6)
     assert float(ctx.stats["dropped_itm_negatives"]) == 2.0 * b
@@ -402,32 +428,39 @@ class _MeanImageFusion(nn.Module):
 
 
 class _FakeTeacher:
+    """Teacher functions: encode_text passes the ids through, fuse gives the logits
+    table[masked id] + sum(teacher image tokens), the teacher's MLM head is the identity."""
+
     def __init__(self, table, has=True):
         self.table = table  # [V, V]: teacher logits are table[masked id]
         self.has = has
         self.calls = []
 
-    def has_module(self, key):
-        return self.has and key == "mlm_head"
+    def encode_text(self, ids, mask):
+        return ids, None
 
-    def mlm_logits(self, input_ids, attention_mask, image_embeds_m):
-        self.calls.append((input_ids.clone(), attention_mask.clone(), image_embeds_m))
-        return self.table[input_ids] + image_embeds_m.sum()
+    def fuse(self, ids, mask, image_m):
+        self.calls.append((ids.clone(), mask.clone(), image_m))
+        return self.table[ids] + image_m.sum()
+
+    def head(self, key):
+        return nn.Identity() if self.has and key == "mlm" else None
 
 
 def _mlm_setup(seed=0, teacher_has=True):
     g = torch.Generator().manual_seed(seed)
     word_emb = nn.Parameter(torch.randn(V, HM, generator=g))
-    obj = MLMLoss(word_embeddings=word_emb, vocab_size=V, mask_token_id=4, special_token_ids=(0, 1, 2))
+    obj = MLMLoss(vocab_size=V, mask_token_id=4, special_token_ids=(0, 1, 2))
+    head = MLMHead(word_emb)
     with torch.no_grad():
-        obj.mlm_head.transform.dense.weight.copy_(torch.randn(HM, HM, generator=g))
-        obj.mlm_head.transform.dense.bias.copy_(torch.randn(HM, generator=g))
-        obj.mlm_head.transform.LayerNorm.weight.copy_(torch.rand(HM, generator=g) + 0.5)
-        obj.mlm_head.transform.LayerNorm.bias.copy_(torch.randn(HM, generator=g))
-        obj.mlm_head.bias.copy_(torch.randn(V, generator=g))
+        head.transform.dense.weight.copy_(torch.randn(HM, HM, generator=g))
+        head.transform.dense.bias.copy_(torch.randn(HM, generator=g))
+        head.transform.LayerNorm.weight.copy_(torch.rand(HM, generator=g) + 0.5)
+        head.transform.LayerNorm.bias.copy_(torch.randn(HM, generator=g))
+        head.bias.copy_(torch.randn(V, generator=g))
     enc = _FakeTextEncoder(torch.randn(V, HM, generator=g))
     teacher = _FakeTeacher(torch.randn(V, V, generator=g) * 2, has=teacher_has)
-    model = SimpleNamespace(text_encoder=enc, fusion=_MeanImageFusion(), teacher=teacher)
+    model = SimpleNamespace(text_encoder=enc, fusion=_MeanImageFusion(), teacher=teacher, heads={"mlm": head})
     ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]])
     attn = (ids != 0).long()
     image = torch.randn(2, 3, HM, generator=g)
@@ -439,9 +472,8 @@ def _gelu(x):
     return 0.5 * x * (1 + math.erf(x / math.sqrt(2)))
 
 
-def _hand_mlm_logits(obj, enc_table, masked_ids, attn, image):
+def _hand_mlm_logits(head, enc_table, masked_ids, attn, image):
     """Fake encoder + fake fusion + MLM head written out with plain arithmetic: [B][L][V] lists."""
-    head = obj.mlm_head
     wd, bd = head.transform.dense.weight.tolist(), head.transform.dense.bias.tolist()
     g_, b_ = head.transform.LayerNorm.weight.tolist(), head.transform.LayerNorm.bias.tolist()
     eps = head.transform.LayerNorm.eps
@@ -471,7 +503,7 @@ def test_mlm_loss_equals_hand_cross_entropy():
 
     masked = model.text_encoder.calls[0]
     assert torch.equal(masked, ids.masked_fill(pos, 4))  # the encoder sees the masked ids
-    logits = _hand_mlm_logits(obj, model.text_encoder.table, masked, attn, image)
+    logits = _hand_mlm_logits(model.heads["mlm"], model.text_encoder.table, masked, attn, image)
     terms = [_lse(logits[bi][li]) - logits[bi][li][ids[bi, li].item()]
              for bi in range(2) for li in range(LM) if pos[bi, li]]
     assert len(terms) == 3
@@ -492,7 +524,7 @@ def test_mlm_loss_with_distillation_mixes_soft_targets():
     masked = ids.masked_fill(pos, 4)
     (t_ids, t_mask, t_img), = model.teacher.calls
     assert torch.equal(t_ids, masked) and torch.equal(t_mask, attn) and t_img is image_m
-    logits = _hand_mlm_logits(obj, model.text_encoder.table, masked, attn, image)
+    logits = _hand_mlm_logits(model.heads["mlm"], model.text_encoder.table, masked, attn, image)
     teacher = (model.teacher.table[masked] + image_m.sum()).tolist()
     ce, soft = [], []
     for bi in range(2):
@@ -515,7 +547,7 @@ def test_mlm_loss_no_distillation_without_teacher_head():
     ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, alpha=0.4,
                     image_embeds_m=image)
     loss = obj(ctx)
-    logits = _hand_mlm_logits(obj, model.text_encoder.table, ids.masked_fill(pos, 4), attn, image)
+    logits = _hand_mlm_logits(model.heads["mlm"], model.text_encoder.table, ids.masked_fill(pos, 4), attn, image)
     terms = [_lse(logits[bi][li]) - logits[bi][li][ids[bi, li].item()]
              for bi in range(2) for li in range(LM) if pos[bi, li]]
     assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5, abs=1e-6)
@@ -536,8 +568,8 @@ def test_mlm_loss_nothing_to_mask_is_zero_with_grad_path(alpha):
     assert loss.item() == 0.0
     assert loss.requires_grad
     loss.backward()
-    assert obj.mlm_head.bias.grad is not None
-    assert torch.equal(obj.mlm_head.bias.grad, torch.zeros(V))
+    assert model.heads["mlm"].bias.grad is not None
+    assert torch.equal(model.heads["mlm"].bias.grad, torch.zeros(V))
 
 
 # --------------------------------------------------------------------------- real tiny model: gradient flow
@@ -627,24 +659,24 @@ def test_mlm_decoder_is_tied_to_word_embeddings(tiny_cfg, tokenizer):
     from albef.modeling import build_model
 
     model = build_model(tiny_cfg(), tokenizer)
-    head = model.objectives["mlm"].mlm_head
+    head = model.heads["mlm"]
     word = model.text_encoder.get_input_embeddings().weight
     assert head.decoder.weight is word
     assert isinstance(word, nn.Parameter)
     # and the teacher's copy stays tied within the teacher, separate from the student
     t = model.teacher.model
-    assert t["mlm_head"].decoder.weight is t["text_encoder"].get_input_embeddings().weight
-    assert t["mlm_head"].decoder.weight is not word
+    assert t["heads"]["mlm"].decoder.weight is t["text_encoder"].get_input_embeddings().weight
+    assert t["heads"]["mlm"].decoder.weight is not word
 
 
 def test_mlm_loss_rejects_bad_arguments():
-    emb = nn.Parameter(torch.randn(V, HM))
     with pytest.raises(ValueError):
-        MLMLoss(word_embeddings=None)
+        MLMHead(word_embeddings=None)
     with pytest.raises(ValueError):
-        MLMLoss(word_embeddings=emb, mask_prob=1.5)
+        MLMLoss(mask_prob=1.5)
     with pytest.raises(ValueError):
-        MLMLoss(word_embeddings=emb, replace_prob=0.8, random_prob=0.3)
-    obj = MLMLoss(word_embeddings=emb, vocab_size=V, special_token_ids=(2, 0, 1, 0))
+        MLMLoss(replace_prob=0.8, random_prob=0.3)
+    obj = MLMLoss(vocab_size=V, special_token_ids=(2, 0, 1, 0))
     assert obj.never_mask.tolist() == [0, 1, 2]
-    assert "mlm_head" in obj.teacher_modules() and obj.teacher_modules()["mlm_head"] is obj.mlm_head
+    assert obj.heads_used() == ("mlm",)
+    assert MLMHead(nn.Parameter(torch.randn(V, HM))).momentum  # the teacher keeps an EMA copy (distillation targets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -61,12 +62,12 @@ def test_report_lists_missing_unexpected_and_mismatched_keys(official_sd):
     before = m.state_dict()["vision_proj.weight"].clone()
     out, rep = convert_official_to_ours({"model": sd}, m, source="broken.pth")
     assert not rep.complete
-    assert rep.missing == ["objectives.itm.itm_head.linear.bias"]
+    assert rep.missing == ["heads.itm.linear.bias"]
     assert rep.unexpected == ["foo.bar"]
     assert rep.mismatched == [("vision_proj.weight", "vision_proj.weight", (31, 64), (32, 64))]
-    assert "vision_proj.weight" not in out and "objectives.itm.itm_head.linear.bias" not in out
+    assert "vision_proj.weight" not in out and "heads.itm.linear.bias" not in out
     text = format_report(rep)
-    for needle in ("broken.pth", "INCOMPLETE", "objectives.itm.itm_head.linear.bias", "foo.bar",
+    for needle in ("broken.pth", "INCOMPLETE", "heads.itm.linear.bias", "foo.bar",
                    "vision_proj.weight -> vision_proj.weight: official [31, 64] vs ours [32, 64]",
                    "position-id buffer", "tied: the same tensor as cls.predictions.bias"):
         assert needle in text, needle
@@ -86,19 +87,25 @@ def test_retrieval_checkpoint_maps_encoders_and_idx_queue(official_sd):
     assert torch.equal(out["teacher.queue.idx_queue"], torch.arange(64))
     assert torch.equal(out["fusion.layer.0.attention.self.query.weight"],
                        official_sd["text_encoder.bert.encoder.layer.2.attention.self.query.weight"])
-    # no MLM head in a retrieval checkpoint: ours stays as it is; the tied decoder follows the embeddings
-    assert sorted(rep.missing) == sorted(
-        f"{p}{k}" for p in ("objectives.mlm.mlm_head.", "teacher.model.mlm_head.")
-        for k in ("bias", "transform.dense.weight", "transform.dense.bias", "transform.LayerNorm.weight", "transform.LayerNorm.bias")
-    )
-    assert ("objectives.mlm.mlm_head.decoder.weight", "tied to the word embeddings") in rep.filled
+    # no MLM head in a retrieval checkpoint: ours stays as it is (reported as a fresh head, its EMA
+    # copy from it); the tied decoder follows the loaded word embeddings
+    before = m.state_dict()
+    mlm = [f"heads.mlm.{k}" for k in ("bias", "transform.dense.weight", "transform.dense.bias",
+                                       "transform.LayerNorm.weight", "transform.LayerNorm.bias")]
+    filled = dict(rep.filled)
+    assert not rep.missing and rep.complete
+    for k in mlm:
+        assert filled[k].startswith("head 'mlm' is not in the checkpoint: initialised fresh") and torch.equal(out[k], before[k])
+        assert filled["teacher.model." + k].startswith("no momentum copy in the checkpoint") and torch.equal(out["teacher.model." + k], before[k])
+    assert torch.equal(out["heads.mlm.decoder.weight"], official_sd["text_encoder.bert.embeddings.word_embeddings.weight"])
     # ours -> official retrieval layout -> ours keeps what that layout holds
     m.load_state_dict(out, strict=False)
     back, rep_out = convert_ours_to_official(m, task="retrieval")
     assert "idx_queue" in back and back["idx_queue"].shape == (1, 64)
     assert "text_encoder.embeddings.word_embeddings.weight" in back and not any(".cls." in k for k in back)
     assert set(back) == set(sd) | {"text_encoder.embeddings.position_ids", "text_encoder_m.embeddings.position_ids"}
-    assert [k for k, _ in rep_out.dropped] == [k for k in m.state_dict() if ".mlm_head." in k]
+    assert [k for k, _ in rep_out.dropped] == [k for k in m.state_dict() if "heads.mlm." in k]
+    assert all("has no MLM head" in why for _, why in rep_out.dropped)
 
 
 def test_heads_this_model_lacks_are_dropped_with_reasons(official_sd):
@@ -116,16 +123,22 @@ def test_heads_this_model_lacks_are_dropped_with_reasons(official_sd):
     ve["cls_head.0.weight"], ve["cls_head.2.weight"] = torch.zeros(48, 48), torch.zeros(3, 48)
     _, rep = convert_official_to_ours(ve, build_tiny())
     assert rep.task == "ve" and "SNLI-VE classification head" in dict(rep.dropped)["cls_head.2.weight"]
+    assert "is not part of this model" in dict(rep.dropped)["cls_head.0.weight"] and rep.complete
 
+    # an NLVR2 file (its 2 fusion layers per pretrained one: here BERT layers 2-5) in a
+    # one-image model with 2 fusion layers: the extra layers have no place, which is reported
     nlvr = dict(base)
-    nlvr["cls_head.2.weight"] = torch.zeros(2, 48)
+    for k, v in base.items():
+        m = re.match(r"^(text_encoder(?:_m)?)\.encoder\.layer\.([23])\.(.*)$", k)
+        if m:
+            nlvr[f"{m.group(1)}.encoder.layer.{int(m.group(2)) + 2}.{m.group(3)}"] = v.clone()
+    nlvr["cls_head.0.weight"], nlvr["cls_head.2.weight"] = torch.zeros(48, 48), torch.zeros(2, 48)
     _, rep = convert_official_to_ours(nlvr, build_tiny())
-    reasons = dict(rep.dropped)
-    assert rep.task == "nlvr" and "NLVR2 classification head" in reasons["cls_head.2.weight"]
-    assert "two images" in reasons["text_encoder.encoder.layer.2.crossattention.self.key.weight"]
-    assert "fusion.layer.0.crossattention.self.key.weight" in rep.missing
+    assert rep.task == "nlvr" and "NLVR2 classification head" in dict(rep.dropped)["cls_head.2.weight"]
+    assert "text_encoder.encoder.layer.5.crossattention.self.key.weight" in rep.unexpected and not rep.complete
+    assert any("6 layers with cross-attention from layer 2; this model has 2 text + 2 fusion layers" in w for w in rep.warnings)
 
-    for task in ("vqa", "nlvr", "ve"):
+    for task in ("vqa", "nlvr", "ve", "nlvr_ta"):
         with pytest.raises(ValueError, match="this model does not have"):
             convert_ours_to_official(build_tiny(), task=task)
 
@@ -135,7 +148,7 @@ def test_no_teacher_model_drops_momentum_copies_and_writes_them_back(official_sd
     out, rep = convert_official_to_ours(official_sd, m)
     assert rep.complete, format_report(rep)
     assert dict(rep.dropped)["visual_encoder_m.cls_token"].startswith("this model has no momentum teacher")
-    assert dict(rep.dropped)["image_queue"].startswith("this model has no momentum teacher")
+    assert dict(rep.dropped)["image_queue"].startswith("this model has no momentum teacher or queue")
     back, rep_out = convert_ours_to_official(out)
     assert rep_out.missing == ["image_queue", "text_queue", "queue_ptr"]
     assert torch.equal(back["text_encoder_m.bert.encoder.layer.3.output.dense.weight"],
@@ -144,10 +157,16 @@ def test_no_teacher_model_drops_momentum_copies_and_writes_them_back(official_sd
 
 def test_queue_of_another_size_is_not_converted_with_its_pointer(official_sd):
     m = build_tiny("model.teacher.queue_size=32")
+    fresh = m.state_dict()
     out, rep = convert_official_to_ours(official_sd, m)
-    assert {x[0] for x in rep.mismatched} == {"image_queue", "text_queue"}
-    assert "queue_ptr" in dict(rep.dropped) and "teacher.queue.ptr" not in out
-    assert "teacher.queue.ptr" in rep.missing and "teacher.queue.idx_queue" in rep.missing
+    reasons = dict(rep.dropped)
+    assert reasons["image_queue"].startswith("feature queue of another size [64, 32]") and "text_queue" in reasons
+    assert reasons["queue_ptr"].startswith("its feature queues were not loaded")
+    assert "queue_ptr" not in [s for s, _ in rep.mapped] and not rep.mismatched
+    filled = dict(rep.filled)  # the model's own (fresh) queue, pointer and ids stay
+    for k in ("teacher.queue.image_queue", "teacher.queue.ptr", "teacher.queue.idx_queue"):
+        assert filled[k].startswith("fresh feature queue") and torch.equal(out[k], fresh[k])
+    assert rep.complete
 
 
 def test_architecture_mismatch_is_reported(official_sd):
@@ -185,7 +204,11 @@ def test_released_base_checkpoint_layout_maps_completely(img_size):
     assert len(official) == 844
     ours, rep = convert_official_to_ours({"model": official}, model)
     assert rep.complete and not rep.warnings, format_report(rep)
-    assert len(rep.mapped) == 840 and len(rep.dropped) == 4
+    # dropped: position_ids and the tied MLM decoder weight / bias (x2: online and momentum);
+    # the decoder weights are filled from the word embeddings they are tied to
+    assert len(rep.mapped) == 838 and len(rep.dropped) == 6
+    assert sorted(t for t, _ in rep.filled) == ["heads.mlm.decoder.weight", "teacher.model.heads.mlm.decoder.weight",
+                                               "teacher.queue.idx_queue"]  # the pretraining queue keeps no ids: -100
     assert ours["teacher.queue.image_queue"].shape == (65536, 256)
     assert ours["fusion.layer.5.crossattention.self.key.weight"].shape == (768, 768)
     if img_size == 384:  # fine-tuning resolution: 16 x 16 -> 24 x 24 patches
@@ -198,8 +221,10 @@ def test_released_base_checkpoint_layout_maps_completely(img_size):
     retrieval = {k.replace(".bert.", ".", 1): v for k, v in official.items() if ".cls." not in k}
     retrieval["idx_queue"] = torch.empty(1, 65536, dtype=torch.long, device="meta")
     _, rep = convert_official_to_ours(retrieval, model)
-    assert rep.task == "retrieval" and not rep.unexpected and not rep.mismatched
-    assert all(".mlm_head." in k for k in rep.missing) and len(rep.missing) == 10
+    assert rep.task == "retrieval" and not rep.unexpected and not rep.mismatched and rep.complete
+    # the pretraining model's MLM head is not in it: initialised fresh (5 keys + tied decoder, and their EMA copies)
+    mlm = [t for t, _ in rep.filled if "heads.mlm." in t]
+    assert len(mlm) == 12 and all(t.startswith(("heads.mlm.", "teacher.model.heads.mlm.")) for t in mlm)
 
 
 # --------------------------------------------------------------------------- position embeddings
@@ -334,17 +359,21 @@ def test_model_weights_converts_an_official_checkpoint_on_the_fly(official_sd, a
 
 def test_partial_official_load_needs_weights_strict_false(official_sd, tmp_path, albef_log):
     path = str(tmp_path / "mscoco_like.pth")
-    torch.save({"model": retrieval_layout(official_sd)}, path)  # no MLM head
+    partial = retrieval_layout(official_sd)
+    del partial["text_encoder.encoder.layer.3.output.dense.bias"]  # a weight that is not there
+    torch.save({"model": partial}, path)
     m = build_tiny()
-    mlm_bias = m.state_dict()["objectives.mlm.mlm_head.bias"].clone()
+    kept = m.state_dict()["fusion.layer.1.output.dense.bias"].clone()
     with pytest.raises(CheckpointMismatchError) as ei:
         _load_weights(m, path, strict=True)
-    assert "model.weights_strict=false" in str(ei.value) and "objectives.mlm.mlm_head.bias" in str(ei.value)
+    assert "model.weights_strict=false" in str(ei.value) and "fusion.layer.1.output.dense.bias" in str(ei.value)
     _load_weights(m, path, strict=False)
-    assert "INCOMPLETE" in albef_log.text and "objectives.mlm.mlm_head.bias" in albef_log.text
+    assert "INCOMPLETE" in albef_log.text and "fusion.layer.1.output.dense.bias" in albef_log.text
     sd = m.state_dict()
-    assert torch.equal(sd["objectives.mlm.mlm_head.bias"], mlm_bias)  # kept
-    assert torch.equal(sd["teacher.queue.idx_queue"], torch.arange(64))
+    assert torch.equal(sd["fusion.layer.1.output.dense.bias"], kept)  # kept
+    assert torch.equal(sd["teacher.queue.text_queue"], official_sd["text_queue"].t())
+    # the file's image ids name its own data set: model.weights resets them
+    assert (sd["teacher.queue.idx_queue"] == -100).all()
 
 
 def test_own_checkpoints_stay_strict_and_safetensors_load(tmp_path, albef_log):
@@ -367,7 +396,7 @@ def test_own_checkpoints_stay_strict_and_safetensors_load(tmp_path, albef_log):
     with pytest.raises(CheckpointMismatchError, match="vision_proj.bias"):
         _load_weights(build_tiny(), p)
     _load_weights(build_tiny(), p, strict=False)
-    assert "vision_proj.bias" in albef_log.text and "weights_strict=false" in albef_log.text
+    assert "vision_proj.bias" in albef_log.text and "INCOMPLETE" in albef_log.text
 
 
 def test_weights_strict_is_a_config_key():
@@ -412,7 +441,7 @@ def test_tool_cli_on_the_fixture(tmp_path, official_sd):
     r = subprocess.run([sys.executable, TOOL, OFFICIAL, out, "--task", "pretrain", "--config-file", CONFIG, "model.temp=0.07"],
                        capture_output=True, text=True, timeout=180, env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "mapped 264, dropped 4, filled 1, missing 0, unexpected 0, shape mismatches 0" in r.stdout
+    assert "mapped 262, dropped 6, filled 3, missing 0, unexpected 0, shape mismatches 0" in r.stdout
     assert f"wrote {out}" in r.stdout
     ck = torch.load(out, weights_only=True)
     assert set(ck) == {"model", "conversion_report", "source", "task"} and len(ck["model"]) == 265

@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from conftest import REPO
 
 from albef.checkpoint.official import (
-    _layout,
-    _official_key,
     convert_official_to_ours,
     convert_ours_to_official,
+    ours_to_official_key,
 )
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "official_tiny")
@@ -92,9 +91,9 @@ def test_forward_outputs_match_official(model, reference):
     image_embeds, image_feat = model.encode_image(inp["image"])
     text_embeds, text_feat = model.encode_text(ids, mask)
     fusion = model.fusion(text_embeds, mask, image_embeds)
-    itm_logits = model.itm_head(fusion[:, 0])
+    itm_logits = model.head("itm")(fusion[:, 0])
     mlm_text = model.text_encoder(inp["mlm_input_ids"], mask)
-    mlm_logits = model.objectives["mlm"].mlm_head(model.fusion(mlm_text, mask, image_embeds))
+    mlm_logits = model.head("mlm")(model.fusion(mlm_text, mask, image_embeds))
     q = model.teacher.queue  # the stored (converted) queue, [Q, E]
     sim_i2t = image_feat @ torch.cat([text_feat, q.text_queue]).t() / model.temp
     sim_t2i = text_feat @ torch.cat([image_feat, q.image_queue]).t() / model.temp
@@ -125,11 +124,12 @@ def _grad_group(key: str, n_text: int) -> str:
 def test_full_training_step_matches_official(model, reference):
     inp, ff = reference["inputs"], reference["full_forward"]
     model.teacher.current_alpha = float(ff["alpha"])  # alpha after the ramp, as the fixture
-    # The official forward runs _momentum_update() first and then computes with the updated
-    # *_m weights; our trainer runs the same EMA step after optimizer.step(), i.e. before the
-    # next forward. Outside the trainer the step has to be called by hand, so it is called
-    # here, before the forward, to give the teacher the weights the official forward used.
-    model.momentum_update()
+    # The official forward runs _momentum_update() first, then computes with the updated
+    # *_m weights, then enqueues this step's momentum features. Our trainer runs the EMA step
+    # and the enqueue in model.after_step(), after optimizer.step(): the same sequence over
+    # steps (EMA, forward, enqueue). Outside the trainer the steps are called by hand, in the
+    # official order: the EMA update here, before the forward; the enqueue after it.
+    model.teacher.update(model)
     batch = {
         "image": inp["image"], "input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"],
         # the official random choices, pinned: argmax hard negatives, [MASK] exactly at mlm_positions
@@ -138,6 +138,7 @@ def test_full_training_step_matches_official(model, reference):
     }
     model.zero_grad(set_to_none=True)
     out = model(batch)
+    model.teacher.enqueue(out["state"])
     losses = {"loss_ita": out["loss_itc"], "loss_itm": out["loss_itm"], "loss_mlm": out["loss_mlm"]}
     total = sum(v for k, v in out.items() if k.startswith("loss_"))
     losses["loss"] = total
@@ -145,8 +146,8 @@ def test_full_training_step_matches_official(model, reference):
     total.backward()
 
     # gradients, by official key (the conversion map); tied weights are one Parameter on both sides
-    lay = _layout(model.state_dict())
-    grads = {_official_key(n, lay): p.grad for n, p in model.named_parameters() if p.requires_grad}
+    n_text = len(model.text_encoder.bert.encoder.layer)
+    grads = {ours_to_official_key(n, n_text): p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert set(grads) == set(ff["grads"])
     grad_err, zero_by_symmetry = {}, {}
     for key, ref_grad in ff["grads"].items():
@@ -170,7 +171,7 @@ def test_full_training_step_matches_official(model, reference):
 
     by_group: dict[str, float] = {}
     for key, e in grad_err.items():
-        grp = _grad_group(key, lay.n_text)
+        grp = _grad_group(key, n_text)
         by_group[grp] = max(by_group.get(grp, 0.0), e)
     print("\nloss relative errors: " + ", ".join(f"{k} {v:.2e}" for k, v in loss_err.items()))
     print("max gradient relative error per group: " + ", ".join(f"{k} {v:.2e}" for k, v in by_group.items()))
@@ -211,13 +212,16 @@ def test_official_to_ours_to_official_reproduces_the_fixture(official_ckpt):
     ours, rep_in = convert_official_to_ours(official_ckpt, m)
     m.load_state_dict(ours, strict=True)
     back, rep_out = convert_ours_to_official(m.state_dict())
-    # dropped on the way in (buffers and tied duplicates), rebuilt on the way out
+    # dropped on the way in (buffers and tied duplicates), rebuilt on the way out: the buffers
+    # and the decoder bias filled, the decoder weight written from our (tied) MLM decoder
     dropped = sorted(k for k, _ in rep_in.dropped)
     assert dropped == sorted([
         "text_encoder.bert.embeddings.position_ids", "text_encoder_m.bert.embeddings.position_ids",
         "text_encoder.cls.predictions.decoder.bias", "text_encoder_m.cls.predictions.decoder.bias",
+        "text_encoder.cls.predictions.decoder.weight", "text_encoder_m.cls.predictions.decoder.weight",
     ])
-    assert sorted(k for k, _ in rep_out.filled) == dropped
+    rebuilt = [k for k, _ in rep_out.filled] + [o for k, o in rep_out.mapped if k.endswith("heads.mlm.decoder.weight")]
+    assert sorted(rebuilt) == dropped
     assert list(back) == list(ref)  # every key, in the official order
     for k, v in ref.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
@@ -241,6 +245,9 @@ def test_official_conversion_accounts_for_every_key(official_ckpt):
     assert torch.equal(ours["teacher.queue.image_queue"], official_ckpt["model"]["image_queue"].t())
     assert torch.equal(ours["fusion.layer.1.crossattention.self.key.weight"],
                        official_ckpt["model"]["text_encoder.bert.encoder.layer.3.crossattention.self.key.weight"])
-    assert torch.equal(ours["teacher.model.mlm_head.bias"], official_ckpt["model"]["text_encoder_m.cls.predictions.bias"])
-    assert torch.equal(ours["objectives.itm.itm_head.linear.weight"], official_ckpt["model"]["itm_head.weight"])
+    assert torch.equal(ours["teacher.model.heads.mlm.bias"], official_ckpt["model"]["text_encoder_m.cls.predictions.bias"])
+    assert torch.equal(ours["heads.itm.linear.weight"], official_ckpt["model"]["itm_head.weight"])
+    # the tied MLM decoders are the loaded word embeddings (online and momentum)
+    for p in ("", "teacher.model."):
+        assert torch.equal(ours[f"{p}heads.mlm.decoder.weight"], ours[f"{p}text_encoder.bert.embeddings.word_embeddings.weight"])
     assert F.normalize(ours["teacher.queue.text_queue"], dim=1).allclose(ours["teacher.queue.text_queue"], atol=1e-6)

@@ -41,7 +41,7 @@ def _ctx(alpha: float, image_ids=None) -> StepContext:
         image_feat_m=img_m, text_feat_m=txt_m, image_feat_all=torch.cat([img_m, n(q, e)]), text_feat_all=torch.cat([txt_m, n(q, e)]),
         idx_all=None, image_embeds_m=None, alpha=alpha,
     )
-    return StepContext(model=None, batch={}, image_embeds=None, text_embeds=None, image_feat=img, text_feat=txt, temp=torch.tensor(0.1), teacher=teacher)
+    return StepContext({}, image_embeds=None, image_feat=img, text_feat=txt, temp=torch.tensor(0.1), teacher=teacher)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.4])

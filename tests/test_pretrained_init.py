@@ -4,8 +4,6 @@ safetensors files) with its positional embedding resampled. Missing or unfit wei
 errors, never a silent random initialisation."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,7 +48,7 @@ def test_bert_layers_split_between_text_encoder_fusion_and_mlm_head(tmp_path, ti
     assert fus["crossattention.self.key.weight"].shape[1] == model.vision_encoder.embed_dim
     # ... and is not a copy of any BERT layer's self-attention
     assert not any(torch.equal(fus["crossattention.self.query.weight"], ref[f"bert.encoder.layer.{i}.attention.self.query.weight"]) for i in range(3))
-    head = model.objectives["mlm"].mlm_head
+    head = model.heads["mlm"]
     assert torch.equal(head.transform.dense.weight, ref["cls.predictions.transform.dense.weight"])
     assert torch.equal(head.transform.LayerNorm.bias, ref["cls.predictions.transform.LayerNorm.bias"])
     assert torch.equal(head.bias, ref["cls.predictions.bias"])
@@ -60,7 +58,7 @@ def test_bert_layers_split_between_text_encoder_fusion_and_mlm_head(tmp_path, ti
     assert torch.equal(sd["teacher.model.fusion.layer.0.attention.self.query.weight"], ref["bert.encoder.layer.1.attention.self.query.weight"])
     assert torch.equal(sd["teacher.model.text_encoder.bert.embeddings.word_embeddings.weight"], ref["bert.embeddings.word_embeddings.weight"])
     # The leftover is consumed, not kept on the module (it would be in every state dict).
-    assert model.text_encoder.pretrained_leftover is None
+    assert not hasattr(model.text_encoder, "pretrained_leftover")  # no side channel between constructors
 
 
 def test_bert_init_errors(tmp_path, tiny_cfg, tokenizer):

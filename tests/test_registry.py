@@ -27,6 +27,9 @@ BUILTINS = {
     "teacher": {"MomentumTeacher", "NoTeacher"},
     "dataset": {"PretrainJSON", "RetrievalEvalJSON"},
     "head": {"ITMHead", "MLMHead"},
+    "collator": {"ImageTextCollator"},
+    "evaluator": {"RetrievalEvaluator"},
+    "trainer": {"DefaultTrainer"},
 }
 
 

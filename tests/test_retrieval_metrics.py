@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from albef.evaluation.retrieval import _rerank, evaluate_retrieval, format_results_table, retrieval_metrics
+from albef.evaluation.retrieval import _rerank, evaluate_retrieval, format_results_table, itm_scores, retrieval_metrics
 
 KEYS = {"txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "txt_r_mean", "img_r_mean", "r_mean"}
 
@@ -189,14 +189,15 @@ def tiny_setup(tiny_cfg, tokenizer):
 
 
 def _count_itm_calls(model):
+    """Pairs per fusion forward (re-ranking is the only fusion user in evaluation)."""
     calls = []
-    orig = model.itm_scores
+    orig = model.fuse
 
-    def wrapped(text_embeds, text_mask, image_embeds):
+    def wrapped(text_embeds, text_mask, visual, teacher=False):
         calls.append(text_embeds.shape[0])
-        return orig(text_embeds, text_mask, image_embeds)
+        return orig(text_embeds, text_mask, visual, teacher=teacher)
 
-    model.itm_scores = wrapped
+    model.fuse = wrapped
     return calls
 
 
@@ -204,7 +205,7 @@ def test_evaluate_retrieval_tiny_model(tiny_setup, tokenizer):
     cfg, model, ds, loader = tiny_setup()
     model.train()
     calls = _count_itm_calls(model)
-    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.k_test, max_tokens=cfg.eval.max_tokens,
+    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.retrieval.k_test, max_tokens=cfg.eval.retrieval.max_tokens,
                              pair_batch=10_000)
     assert model.training  # mode restored
     assert set(res) == {"retrieval_itc", "retrieval"}
@@ -213,7 +214,7 @@ def test_evaluate_retrieval_tiny_model(tiny_setup, tokenizer):
         assert all(0.0 <= v <= 100.0 for v in m.values())
         assert m["r_mean"] == pytest.approx((m["txt_r_mean"] + m["img_r_mean"]) / 2)
     # batched re-ranking: one fusion call per direction here, never one per query
-    n_i, n_t, k = len(ds), len(ds.text), min(cfg.eval.k_test, len(ds.text))
+    n_i, n_t, k = len(ds), len(ds.text), min(cfg.eval.retrieval.k_test, len(ds.text))
     assert 1 <= len(calls) <= 4
     assert sum(calls) == n_i * min(k, n_t) + n_t * min(k, n_i)
     table = format_results_table(res)
@@ -226,13 +227,13 @@ def test_evaluate_retrieval_tiny_model(tiny_setup, tokenizer):
 def test_evaluate_retrieval_pair_batch_splits(tiny_setup, tokenizer):
     cfg, model, ds, loader = tiny_setup()
     calls = _count_itm_calls(model)
-    k = cfg.eval.k_test
-    res_small = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.max_tokens, pair_batch=7)
+    k = cfg.eval.retrieval.k_test
+    res_small = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=7)
     total = len(ds) * k + len(ds.text) * k
     assert sum(calls) == total and max(calls) <= 7
     assert len(calls) == -(-len(ds) * k // 7) + -(-len(ds.text) * k // 7)
     calls.clear()
-    res_big = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.max_tokens, pair_batch=10_000)
+    res_big = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=10_000)
     assert len(calls) == 2
     assert res_small == {n: _approx(m) for n, m in res_big.items()}
 
@@ -248,17 +249,34 @@ def test_evaluate_retrieval_multi_caption(tiny_setup, tokenizer, tmp_path, synth
     cfg, model, ds, loader = tiny_setup(ann=ann)
     assert len(ds.text) > len(ds)
     calls = _count_itm_calls(model)
-    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=3, max_tokens=cfg.eval.max_tokens, pair_batch=10_000)
+    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=3, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=10_000)
     assert set(res["retrieval"]) == KEYS and len(calls) == 2
     assert sum(calls) == len(ds) * 3 + len(ds.text) * 3
 
 
 def test_evaluate_retrieval_without_itm(tiny_setup, tokenizer):
+    """Re-ranking asks the model for its ITM head explicitly: without one it is an error (named),
+    and rerank=false evaluates ITC retrieval alone."""
+    from albef.modeling.meta_arch.albef import MissingHeadError
+
     cfg, model, ds, loader = tiny_setup("model.objectives.itm=null")
-    assert model.itm_head is None
-    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.k_test, max_tokens=cfg.eval.max_tokens)
+    assert not model.has_head("itm") and "itm" not in model.heads  # not built: no objective uses it
+    with pytest.raises(MissingHeadError, match="no head 'itm'"):
+        evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.retrieval.k_test, max_tokens=cfg.eval.retrieval.max_tokens)
+    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.retrieval.k_test, max_tokens=cfg.eval.retrieval.max_tokens, rerank=False)
     assert set(res) == {"retrieval_itc"} and set(res["retrieval_itc"]) == KEYS
     assert "retrieval_itc" in format_results_table(res) and "| retrieval " not in format_results_table(res)
+
+
+def test_retrieval_evaluator_fails_before_training_without_itm_head(tiny_cfg):
+    """The trainer checks every evaluator against the model when it is built, not after training."""
+    from albef.engine.defaults import DefaultTrainer
+
+    with pytest.raises(ValueError, match=r"eval.retrieval: re-ranking needs the model's ITM head .*eval.retrieval.rerank=false"):
+        DefaultTrainer(tiny_cfg("model.objectives.itm=null"))
+    t = DefaultTrainer(tiny_cfg("model.objectives.itm=null", "eval.retrieval.rerank=false"))
+    res = t.evaluate()
+    assert set(res) == {f"retrieval_itc/{k}" for k in KEYS}
 
 
 def _encode_eval_set(cfg, model, ds, tokenizer):
@@ -270,7 +288,7 @@ def _encode_eval_set(cfg, model, ds, tokenizer):
 
     model.eval()
     with torch.no_grad():
-        enc = tokenize(tokenizer, ds.text, cfg.eval.max_tokens, pad_to_max=True)
+        enc = tokenize(tokenizer, ds.text, cfg.eval.retrieval.max_tokens, pad_to_max=True)
         temb, tfeat = model.encode_text(enc["input_ids"], enc["attention_mask"])
         iemb, ifeat = model.encode_image(torch.stack([ds[i]["image"] for i in range(len(ds))]))
     return enc, temb, tfeat, iemb, ifeat
@@ -278,7 +296,7 @@ def _encode_eval_set(cfg, model, ds, tokenizer):
 
 def test_itc_metrics_are_cosine_of_features(tiny_setup, tokenizer):
     cfg, model, ds, loader = tiny_setup()
-    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.k_test, max_tokens=cfg.eval.max_tokens)
+    res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=cfg.eval.retrieval.k_test, max_tokens=cfg.eval.retrieval.max_tokens)
     _, _, tf, _, imf = _encode_eval_set(cfg, model, ds, tokenizer)
     sims = imf @ tf.t()
     assert res["retrieval_itc"] == _approx(retrieval_metrics(sims, sims.t(), ds.txt2img, ds.img2txt))
@@ -302,12 +320,12 @@ def test_rerank_scores_topk_with_itm_logits(tiny_setup, tokenizer):
             mask[top[i]] = True
             assert (s_batched[i][~mask] == -100).all()
             for t in top[i].tolist():
-                one = model.itm_scores(temb[t : t + 1], enc["attention_mask"][t : t + 1], iemb[i : i + 1])
+                one = itm_scores(model, "itm", temb[t : t + 1], enc["attention_mask"][t : t + 1], iemb[i : i + 1])
                 assert s_batched[i, t].item() == pytest.approx(one.item(), abs=1e-4)
         s_t2i = _rerank(model, sims.t().contiguous(), k, False, temb, enc["attention_mask"], iemb, 10_000, nullcontext())
         j = 1
         for i in sims.t()[j].topk(k).indices.tolist():
-            one = model.itm_scores(temb[j : j + 1], enc["attention_mask"][j : j + 1], iemb[i : i + 1])
+            one = itm_scores(model, "itm", temb[j : j + 1], enc["attention_mask"][j : j + 1], iemb[i : i + 1])
             assert s_t2i[j, i].item() == pytest.approx(one.item(), abs=1e-4)
 
 

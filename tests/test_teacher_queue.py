@@ -110,7 +110,7 @@ def test_real_model_momentum_update(tiny_cfg, tokenizer):
     student = {n: p.detach().clone() for n, p in model.student_modules().named_parameters()}
     teacher_before = {n: p.detach().clone() for n, p in model.teacher.model.named_parameters()}
     assert set(student) == set(teacher_before)
-    model.momentum_update()
+    model.after_step()  # the EMA step of after_step (no features to enqueue)
     for n, p_m in model.teacher.model.named_parameters():
         torch.testing.assert_close(p_m.detach(), m * teacher_before[n] + (1 - m) * student[n], rtol=1e-5, atol=1e-6)
     for n, p in model.student_modules().named_parameters():
@@ -221,9 +221,8 @@ def test_state_dict_holds_teacher_and_queue_and_round_trips(tiny_cfg, tokenizer)
     assert sd["teacher.queue.image_queue"].shape == (24, 16)
 
     with torch.no_grad():
-        model(_batch(tokenizer, seed=0))
-        model.momentum_update()
-        model(_batch(tokenizer, seed=1))
+        model.after_step(model(_batch(tokenizer, seed=0))["state"])
+        model.after_step(model(_batch(tokenizer, seed=1))["state"])
     assert model.teacher.queue.ptr.tolist() == [8]
     assert model.teacher.queue.idx_queue[:8].tolist() == [0, 1, 2, 3, 10, 11, 12, 13]
 
@@ -239,7 +238,38 @@ def test_state_dict_holds_teacher_and_queue_and_round_trips(tiny_cfg, tokenizer)
         assert torch.equal(getattr(q, name), getattr(fq, name))
     # ties survive the load (the teacher's decoder is its own word embedding)
     t = fresh.teacher.model
-    assert t["mlm_head"].decoder.weight is t["text_encoder"].get_input_embeddings().weight
+    assert t["heads"]["mlm"].decoder.weight is t["text_encoder"].get_input_embeddings().weight
+
+
+def test_forward_changes_no_state_and_after_step_does(tiny_cfg, tokenizer):
+    """forward computes; the EMA, the queue and the temperature clamp happen in after_step only."""
+    from albef.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), tokenizer)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)  # student != teacher, so an EMA step would show
+        model.temp.fill_(1e-5)  # below temp_min: only after_step may clamp it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        out = model(_batch(tokenizer, seed=0))
+        out2 = model(_batch(tokenizer, seed=1))
+    after_forward = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after_forward[k], v), f"forward changed {k}"
+    st = out["state"]
+    assert st["image_feat_m"].shape == (4, 16) and st["text_feat_m"].shape == (4, 16)
+    assert torch.equal(st["image_id"], torch.arange(4))
+    model.after_step(out2["state"])
+    sd = model.state_dict()
+    assert sd["teacher.queue.ptr"].tolist() == [4]
+    assert torch.equal(sd["teacher.queue.image_queue"][:4], out2["state"]["image_feat_m"])
+    assert sd["teacher.queue.idx_queue"][:4].tolist() == [10, 11, 12, 13]
+    assert float(model.temp.detach()) == pytest.approx(model.temp_min)
+    moved = [k for k in before if k.startswith("teacher.model.") and not torch.equal(before[k], sd[k])]
+    assert moved, "after_step did not move the teacher"
 
 
 # --------------------------------------------------------------------------- NoTeacher
@@ -258,7 +288,9 @@ def test_no_teacher_model(tiny_cfg, tokenizer):
 
     batch = _batch(tokenizer)
     img_f, txt_f = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
-    out_t = model.teacher(batch, img_f, txt_f)
+    from albef.modeling.context import StepContext
+
+    out_t = model.teacher.contrastive(StepContext(batch, image_feat=img_f, text_feat=txt_f, image_embeds=torch.zeros(4, 1, 1)))
     assert out_t.alpha == 0.0 and out_t.image_embeds_m is None
     for t in (out_t.image_feat_m, out_t.text_feat_m, out_t.image_feat_all, out_t.text_feat_all):
         assert not t.requires_grad  # targets are detached online features
@@ -271,7 +303,7 @@ def test_no_teacher_model(tiny_cfg, tokenizer):
     assert torch.isfinite(loss)
     loss.backward()
     assert model.temp.grad is not None
-    model.momentum_update()  # a no-op, must not fail
+    model.after_step(out.get("state"))  # no EMA, no queue: must not fail
     assert sum(p.numel() for p in model.parameters()) == n_params
 
 
@@ -353,7 +385,7 @@ def test_momentum_teacher_rejects_bad_arguments():
     t = MomentumTeacher(alpha=0.4, queue_size=0)
     t.set_alpha_scale(0.5)
     assert t.current_alpha == pytest.approx(0.2)
-    assert not t.has_module("mlm_head")  # nothing attached yet
+    assert not t.has("heads.mlm")  # nothing attached yet
 
 
 def test_text_encoder_matches_bert_model_forward():

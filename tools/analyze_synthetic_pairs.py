@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from albef.config import load_config  # noqa: E402
 from albef.data.tokenization import tokenize  # noqa: E402
 from albef.engine.defaults import Trainer  # noqa: E402
+from albef.evaluation.retrieval import itm_scores  # noqa: E402
 
 
 @torch.no_grad()
@@ -44,14 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     for g, members in enumerate(groups):
         for i in members.values():
             group[i] = g
-    enc = tokenize(t.tokenizer, ds.text, cfg.eval.max_tokens, pad_to_max=True, mode=cfg.data.tokenization)
+    ev = next(e for e in t.evaluators.values() if hasattr(e, "max_tokens"))
+    enc = tokenize(t.tokenizer, ds.text, ev.max_tokens, pad_to_max=True, mode=cfg.data.tokenization)
     text_embeds, text_feat = model.encode_text(enc["input_ids"], enc["attention_mask"])
     image_embeds, image_feat = model.encode_image(torch.stack([ds[i]["image"] for i in range(n)]))
     scores = {"itc": image_feat @ text_feat.t()}
-    if model.itm_head is not None:
+    if model.has_head("itm"):
         img_idx, txt_idx = torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)
         scores["itm"] = torch.cat([
-            model.itm_scores(text_embeds[txt_idx[s:s + 4096]], enc["attention_mask"][txt_idx[s:s + 4096]], image_embeds[img_idx[s:s + 4096]])
+            itm_scores(model, "itm", text_embeds[txt_idx[s:s + 4096]], enc["attention_mask"][txt_idx[s:s + 4096]], image_embeds[img_idx[s:s + 4096]])
             for s in range(0, n * n, 4096)
         ]).view(n, n)
     same = group.view(-1, 1) == group.view(1, -1)

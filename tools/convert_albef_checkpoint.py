@@ -2,23 +2,36 @@
 """Convert an official ALBEF checkpoint to this codebase's layout, or back.
 
     python tools/convert_albef_checkpoint.py ALBEF_4M.pth albef_4m_ours.pth
-    python tools/convert_albef_checkpoint.py mscoco.pth coco_ours.safetensors --task retrieval \\
-        --config-file configs/pretrain/ALBEF-4M.yaml model.vision_encoder.img_size=384
+    python tools/convert_albef_checkpoint.py mscoco.pth coco_ours.safetensors --task retrieval --strict \\
+        --config-file configs/retrieval/coco.yaml
+    python tools/convert_albef_checkpoint.py snli_ve.pth ve_ours.pth --strict --config-file configs/ve/snli_ve.yaml
+    python tools/convert_albef_checkpoint.py nlvr.pth nlvr_ours.pth --strict --config-file configs/nlvr/nlvr2.yaml
+    python tools/convert_albef_checkpoint.py pretrain_model_nlvr.pth ta_ours.pth --task nlvr_ta --strict \\
+        --config-file configs/nlvr/ta_pretrain.yaml
     python tools/convert_albef_checkpoint.py output/run/model_final.pth official.pth --to-official
 
 Official -> ours: the model is built from ``--config-file`` (default
 ``configs/pretrain/ALBEF-4M.yaml``: ViT-B/16 + BERT-base; a null vocabulary size is
 taken from the checkpoint) plus KEY=VALUE overrides; every official key is mapped,
 dropped with a reason, or reported (see ``albef/checkpoint/official.py``); position
-embeddings are interpolated to the model's resolution. OUT is ``{'model': state_dict,
-'conversion_report': ..., 'source': ..., 'task': ...}`` (plain containers, readable with
+embeddings are interpolated to the model's resolution, and a checkpoint of another
+task is fitted as ``model.weights`` would fit it (e.g. ALBEF.pth onto the NLVR2
+text-assignment config: each fusion layer duplicated, the new head initialised).
+OUT is ``{'model': state_dict, 'conversion_report': ..., 'source': ..., 'task': ...}``
+(plain containers, readable with
 ``torch.load(weights_only=True)`` and usable as ``model.weights``), or a safetensors file.
 Keys the checkpoint cannot fill are absent from OUT: loading it then needs
 ``model.weights_strict=false``.
 
 Ours -> official (``--to-official``): writes ``{'model': official_state_dict}`` in the
-layout of ``--task`` (pretrain, or retrieval/grounding). A given ``--config-file`` is
-used to check that the checkpoint matches that model first.
+layout of ``--task`` (pretrain, retrieval/grounding, ve, nlvr or nlvr_ta; default: from
+the checkpoint's heads), keys in the official order. A given ``--config-file`` is used to
+check that the checkpoint matches that model first.
+
+Layouts (``--task``): pretrain (ALBEF.pth, ALBEF_4M.pth), retrieval / grounding
+(mscoco.pth, flickr30k.pth, refcoco.pth), ve (snli_ve.pth), nlvr (nlvr.pth), nlvr_ta
+(pretrain_model_nlvr.pth, the text-assignment step), vqa (vqa.pth: read only; its answer
+decoder is reported as dropped).
 
 Inputs are read without executing code (``weights_only=True`` or safetensors). Exit
 status: 0 done, 1 incomplete conversion with ``--strict``, 2 bad input.
@@ -47,6 +60,7 @@ from albef.checkpoint.official import (  # noqa: E402
     convert_official_to_ours,
     convert_ours_to_official,
     detect_official_task,
+    detect_our_task,
     format_report,
     is_official_state_dict,
 )
@@ -60,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("input", metavar="IN", help="checkpoint to convert (.pth/.pt or .safetensors)")
     p.add_argument("output", metavar="OUT", help="file to write")
     p.add_argument("--task", choices=TASKS, default=None,
-                   help="official model the checkpoint belongs to (default: detected from its keys; pretrain with --to-official)")
+                   help="official layout the checkpoint is in (default: detected from its keys) or, with --to-official, "
+                        "the layout to write (default: from the checkpoint's heads)")
     p.add_argument("--config-file", metavar="FILE", default=None, help=f"our model's config (default {os.path.relpath(DEFAULT_CONFIG, REPO)})")
     p.add_argument("--format", choices=("pt", "safetensors"), default=None, help="output format (default: from OUT's extension, else pt)")
     p.add_argument("--to-official", action="store_true", help="convert one of our checkpoints to the official layout")
@@ -122,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         if official:
             print(f"error: {args.input}: already in the official ALBEF layout (visual_encoder.* keys)", file=sys.stderr)
             return 2
+        from albef.checkpoint.adapt import is_legacy_state_dict, upgrade_legacy_keys
+
+        if is_legacy_state_dict(sd):  # written before heads had their own layer
+            sd = upgrade_legacy_keys(sd)
         if args.config_file:
             try:
                 model_sd = _build_model(args.config_file, args.opts, _vocab_size(sd)).state_dict()
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {args.input} does not match the model of {args.config_file}:\n"
                       + format_load_report(missing, unexpected, mismatched), file=sys.stderr)
                 return 2
-        task = args.task or "pretrain"
+        task = args.task or detect_our_task(sd)
         try:
             out_sd, report = convert_ours_to_official(sd, task=task, source=args.input)
         except ValueError as e:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Pretrain ALBEF (and evaluate retrieval) from a config.
+"""Train and evaluate ALBEF on any task (pretraining, retrieval, SNLI-VE, NLVR2) from a config.
 
     python tools/train_net.py --config-file configs/pretrain/synthetic.yaml [--resume] [--eval-only] [--num-gpus N] [KEY=VALUE ...]
     python tools/train_net.py --list-components     # registered components and their plugins
@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
-from albef.engine import Trainer, default_argument_parser, launch, setup  # noqa: E402
+from albef.engine import default_argument_parser, launch, setup, trainer_class  # noqa: E402
 from albef.utils import comm  # noqa: E402
 from albef.utils.errors import USER_ERRORS, report_user_error  # noqa: E402
 
@@ -24,7 +24,7 @@ logger = logging.getLogger("albef")
 def main(args) -> None:
     try:
         cfg = setup(args)
-        trainer = Trainer(cfg, eval_only=args.eval_only)
+        trainer = trainer_class(cfg)(cfg, eval_only=args.eval_only)
         if args.eval_only:
             if args.resume and trainer.checkpointer.has_checkpoint():
                 trainer.checkpointer.load(trainer.checkpointer.get_checkpoint_file(), checkpointables=[])

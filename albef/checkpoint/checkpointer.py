@@ -5,10 +5,13 @@ and queues), ``optimizer``, ``iteration`` (last completed), ``rng`` (one entry p
 rank: python, numpy, torch CPU and CUDA generator states), ``data_position`` (samples
 consumed from the global stream) and ``config`` (the merged YAML as a string).
 
-``model.weights`` may also name a ``.safetensors`` file, a flat state dict, or a
-checkpoint of the official ALBEF code (``{'model': state_dict}`` with keys such as
-``visual_encoder.*`` / ``text_encoder.bert.*``): the latter is converted on the fly by
-:mod:`albef.checkpoint.official` and its conversion report is logged.
+``--resume`` loads our own checkpoint of the same model, strictly
+(:meth:`ALBEFCheckpointer.load`). ``model.weights`` (:meth:`ALBEFCheckpointer.load_weights`)
+starts a run from any checkpoint -- ours, a ``.safetensors`` file, a flat state dict, or
+an official ALBEF file (``visual_encoder.*`` / ``text_encoder.bert.*`` keys, renamed by
+:mod:`albef.checkpoint.official`) -- of the same or another task and resolution, fitted to
+the model by :func:`albef.checkpoint.adapt.adapt_state_dict`; the report of what was
+mapped, interpolated, initialised fresh or dropped is logged.
 """
 from __future__ import annotations
 
@@ -155,23 +158,43 @@ class ALBEFCheckpointer(Checkpointer):
         ckpt["__source__"] = f
         return ckpt
 
+    def load_weights(self, path: str, strict: bool = True, reset_queue_ids: bool = True):
+        """Initialise the model from ``path`` (``model.weights``), of this or another task.
+
+        Official files are renamed into our layout first; then every key of the model is
+        filled or explained (:func:`albef.checkpoint.adapt.adapt_state_dict`). An
+        incomplete fit is an error with ``strict`` (the report says what is missing or
+        unexplained), otherwise the part that fits is loaded and the report logged.
+        Returns the :class:`~albef.checkpoint.official.LoadReport`.
+        """
+        from albef.checkpoint.adapt import adapt_state_dict
+        from albef.checkpoint.official import LoadReport, convert_official_to_ours, format_report, is_official_state_dict
+
+        if path and not os.path.isfile(path) and not os.path.isfile(self.path_manager.get_local_path(path)):
+            raise CheckpointFormatError(f"{path}: checkpoint file not found")
+        sd = read_checkpoint_file(path)["model"]
+        if is_official_state_dict(sd):  # renamed (official_to_ours_keys), then adapt_state_dict
+            state, report = convert_official_to_ours(sd, self.model, task=self.official_task, source=path, reset_queue_ids=reset_queue_ids)
+        else:
+            report = LoadReport(source=path, direction="checkpoint->model", task=type(self.model).__name__)
+            state, report = adapt_state_dict(sd, self.model, report=report, reset_queue_ids=reset_queue_ids)
+        self.last_conversion_report = report
+        text = format_report(report)
+        if not report.complete and strict:
+            raise CheckpointMismatchError(
+                f"{text}\n{path} does not fill this model completely; set model.weights_strict=false to load the part that fits."
+            )
+        (logger.info if report.complete else logger.warning)("%s", text)
+        self.model.load_state_dict(state, strict=False)
+        return report
+
     def _load_model(self, checkpoint: dict[str, Any]):
         source = checkpoint.pop("__source__", "checkpoint")
-        ckpt_sd = checkpoint["model"]
-        from albef.checkpoint.official import convert_official_to_ours, format_report, is_official_state_dict
+        from albef.checkpoint.adapt import is_legacy_state_dict, upgrade_legacy_keys
 
-        if is_official_state_dict(ckpt_sd):
-            converted, report = convert_official_to_ours(ckpt_sd, self.model, task=self.official_task, source=source)
-            self.last_conversion_report = report
-            text = format_report(report)
-            if not report.complete and self.strict:
-                raise CheckpointMismatchError(
-                    f"{text}\nThe official checkpoint does not fill this model completely; set "
-                    f"model.weights_strict=false to load the part that maps."
-                )
-            (logger.info if report.complete else logger.warning)("%s", text)
-            self.model.load_state_dict(converted, strict=False)
-            return None  # the report above says everything fvcore would
+        if is_legacy_state_dict(checkpoint["model"]):  # written before heads had their own layer
+            checkpoint["model"] = upgrade_legacy_keys(checkpoint["model"])
+        ckpt_sd = checkpoint["model"]
         model_sd = self.model.state_dict()
         missing = [k for k in model_sd if k not in ckpt_sd]
         unexpected = [k for k in ckpt_sd if k not in model_sd]

@@ -1,37 +1,48 @@
 """Official ALBEF checkpoints (github.com/salesforce/ALBEF) <-> this model's state dict.
 
-The official pretraining model (``models/model_pretrain.py``) keeps the whole BERT,
-fusion layers and MLM head included, in one ``BertForMaskedLM`` and the momentum
-copies as ``*_m`` siblings. Here the text layers, the fusion layers, the heads and the
-teacher are separate modules. With ``n`` text-only layers (``fusion_layer`` of the
-official BERT config):
+The official models keep the whole BERT (text layers, fusion layers and, when
+pretraining, the MLM head) in one module and the momentum copies as ``*_m`` siblings.
+Here the text layers, the fusion layers, the heads and the teacher are separate
+modules. With ``n`` text-only layers (``fusion_layer`` of the official BERT config, 6):
 
-===============================================  ==================================================
-official key                                     this model
-===============================================  ==================================================
-``temp``                                         ``temp``
-``image_queue``, ``text_queue`` [E, Q]           ``teacher.queue.image_queue``/``text_queue`` [Q, E]
-``queue_ptr`` [1]                                ``teacher.queue.ptr`` [1]
-``idx_queue`` [1, Q] (retrieval, grounding)      ``teacher.queue.idx_queue`` [Q]
-``visual_encoder.X``                             ``vision_encoder.vit.X``
-``text_encoder.bert.embeddings.X``               ``text_encoder.bert.embeddings.X``
-``text_encoder.bert.encoder.layer.i.X`` (i < n)  ``text_encoder.bert.encoder.layer.i.X``
-``text_encoder.bert.encoder.layer.i.X`` (i >= n) ``fusion.layer.{i-n}.X``
-``text_encoder.cls.predictions.X``               ``objectives.<mlm>.mlm_head.X``
-``vision_proj.X``, ``text_proj.X``               the same
-``itm_head.X``                                   ``objectives.<itm>.itm_head.linear.X``
-``visual_encoder_m``, ``text_encoder_m``, ...    ``teacher.model.{vision_encoder.vit, text_encoder,
-                                                 fusion, mlm_head, vision_proj, text_proj}``
-===============================================  ==================================================
+=================================================  ==================================================
+official key                                       this model
+=================================================  ==================================================
+``temp``                                           ``temp``
+``image_queue``, ``text_queue`` [E, Q]             ``teacher.queue.image_queue``/``text_queue`` [Q, E]
+``queue_ptr`` [1]                                  ``teacher.queue.ptr`` [1]
+``idx_queue`` [1, Q] (retrieval, grounding)        ``teacher.queue.idx_queue`` [Q]
+``visual_encoder.X``                               ``vision_encoder.vit.X``
+``text_encoder[.bert].embeddings.X``               ``text_encoder.bert.embeddings.X``
+``text_encoder[.bert].encoder.layer.i.X`` (i < n)  ``text_encoder.bert.encoder.layer.i.X``
+``text_encoder[.bert].encoder.layer.i.X`` (i >= n) ``fusion.layer.{i-n}.X``
+``text_encoder.cls.predictions.X`` (pretraining)   ``heads.mlm.X``
+``itm_head.X`` (pretraining, retrieval)            ``heads.itm.linear.X``
+``cls_head.X`` (SNLI-VE 3-way, NLVR2 2-way MLP)    ``heads.cls.X``
+``ta_head.X`` (NLVR2 text-assignment pretraining)  ``heads.ta.X``
+``vision_proj.X``, ``text_proj.X``                 the same
+``<part>_m.X`` (momentum copies)                   ``teacher.model.<our path of part.X>``
+=================================================  ==================================================
 
-Fine-tuned checkpoints (retrieval, grounding, VQA, SNLI-VE, NLVR2) keep the text
-encoder as a ``BertModel`` (keys without ``bert.``); they are read the same way, and
-the heads this model does not have (VQA answer decoder, classification heads) are
-reported as dropped, with the reason.
+The official layouts (``TASKS``): ``pretrain`` (``model_pretrain.ALBEF``: ALBEF.pth,
+ALBEF_4M.pth), ``retrieval``/``grounding`` (``model_retrieval.ALBEF``: mscoco.pth,
+flickr30k.pth, refcoco.pth; ``BertModel`` keys without ``bert.``, no MLM head,
+``idx_queue``), ``ve`` (``model_ve.ALBEF``: snli_ve.pth), ``nlvr`` (``model_nlvr.ALBEF``:
+nlvr.pth; an 18-layer BERT whose fusion layers alternate between the two images and
+share the cross-attention key/value of layers 2k, 2k+1), ``nlvr_ta``
+(``model_pretrain_nlvr.ALBEF``: pretrain_model_nlvr.pth, the text-assignment step; no
+momentum copies) and ``vqa`` (``model_vqa.ALBEF``; its answer decoder has no counterpart
+here yet).
 
-Every official key ends up in exactly one list of the :class:`LoadReport`: mapped,
-dropped (with a reason), unexpected (no counterpart) or shape-mismatched; keys of this
-model that nothing filled are listed as missing.
+Official -> ours is one path for every layout: :func:`official_to_ours_keys` renames the
+keys (keeping the file's own structure), then
+:func:`albef.checkpoint.adapt.adapt_state_dict` fits them to the model (position
+embeddings interpolated, pretrained fusion layers duplicated for a two-image fusion,
+heads the file lacks initialised fresh, missing EMA copies copied from the loaded
+weights, parts the model lacks dropped with the reason). Every official key ends up in
+exactly one list of the :class:`LoadReport` -- mapped, dropped (with a reason),
+unexpected or shape-mismatched -- and keys of the model nothing filled are missing.
+:func:`convert_ours_to_official` writes any of the layouts but ``vqa`` back.
 """
 from __future__ import annotations
 
@@ -44,23 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TASKS = ("pretrain", "retrieval", "vqa", "nlvr", "ve", "grounding")
-TO_OFFICIAL_TASKS = ("pretrain", "retrieval", "grounding")
-
-# Official top-level order: own parameter, own buffers, then children as registered.
-_OFFICIAL_GROUPS = (
-    "temp", "image_queue", "text_queue", "queue_ptr", "idx_queue",
-    "visual_encoder.", "text_encoder.", "vision_proj.", "text_proj.", "itm_head.",
-    "visual_encoder_m.", "vision_proj_m.", "text_encoder_m.", "text_proj_m.",
-)
-_MOMENTUM_PREFIXES = ("visual_encoder_m.", "vision_proj_m.", "text_encoder_m.", "text_proj_m.")
-_QUEUE_KEYS = ("image_queue", "text_queue", "queue_ptr", "idx_queue")
-_OURS_QUEUE = {
-    "teacher.queue.image_queue": "image_queue",
-    "teacher.queue.text_queue": "text_queue",
-    "teacher.queue.ptr": "queue_ptr",
-    "teacher.queue.idx_queue": "idx_queue",
-}
+TASKS = ("pretrain", "retrieval", "grounding", "ve", "nlvr", "nlvr_ta", "vqa")
+TO_OFFICIAL_TASKS = ("pretrain", "retrieval", "grounding", "ve", "nlvr", "nlvr_ta")
 
 
 # ----------------------------------------------------------------------------- report
@@ -200,17 +196,32 @@ def is_official_state_dict(sd: Mapping[str, Any]) -> bool:
 
 
 def detect_official_task(sd: Mapping[str, Any]) -> str:
-    """Which official model wrote ``sd``: pretrain, retrieval (also grounding), vqa, nlvr or ve."""
+    """Which official model wrote ``sd``: pretrain, retrieval (also grounding), vqa, ve, nlvr
+    or nlvr_ta (the NLVR2 text-assignment pretraining, ``ta_head``)."""
     if any(k.startswith("text_decoder.") for k in sd):
         return "vqa"
     if any(k.startswith("ta_head.") for k in sd):
-        return "nlvr"
+        return "nlvr_ta"
     head = sd.get("cls_head.2.weight")
     if head is not None:
         return "ve" if head.shape[0] == 3 else "nlvr"
     if "idx_queue" in sd:
         return "retrieval"
     if any(".cls.predictions." in k for k in sd):
+        return "pretrain"
+    return "retrieval"
+
+
+def detect_our_task(sd: Mapping[str, Any]) -> str:
+    """The official layout a state dict of ours naturally converts to (by its heads):
+    ``heads.ta`` -> nlvr_ta, ``heads.cls`` -> ve (3 classes) or nlvr, ``heads.mlm`` ->
+    pretrain, otherwise retrieval."""
+    if any(k.startswith("heads.ta.") for k in sd):
+        return "nlvr_ta"
+    head = sd.get("heads.cls.2.weight")
+    if head is not None:
+        return "ve" if head.shape[0] == 3 else "nlvr"
+    if any(k.startswith("heads.mlm.") for k in sd) or not any(k.startswith("heads.") for k in sd):
         return "pretrain"
     return "retrieval"
 
@@ -222,205 +233,312 @@ def _canonical(key: str) -> str:
 
 
 def _task_key(canon: str, task: str) -> str:
-    """Pretraining-layout key -> the layout of ``task`` (fine-tuned models have no ``bert.``)."""
+    """Pretraining-layout key -> the layout of ``task`` (only pretraining keeps ``bert.``)."""
     if task == "pretrain":
         return canon
     m = re.match(r"^(text_encoder(?:_m)?)\.bert\.(.*)$", canon)
     return f"{m.group(1)}.{m.group(2)}" if m else canon
 
 
-@dataclass
-class _Layout:
-    n_text: int
-    itm_prefix: str | None
-    mlm_prefix: str | None
-    has_teacher: bool
+# ----------------------------------------------------------------------------- official keys -> ours
+_HEAD_PREFIXES = (  # official head prefix -> ours (the conventional head keys of model.heads)
+    ("text_encoder.cls.predictions.", "heads.mlm."),
+    ("itm_head.", "heads.itm.linear."),
+    ("cls_head.", "heads.cls."),
+    ("ta_head.", "heads.ta."),
+)
+_MOMENTUM_PARTS = ("visual_encoder", "vision_proj", "text_proj", "text_encoder", "cls_head", "itm_head", "ta_head")
 
 
-def _layout(sd: Mapping[str, torch.Tensor]) -> _Layout:
-    layers = [int(m.group(1)) for k in sd if (m := re.match(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.", k))]
-    itm = next((m.group(1) for k in sd if (m := re.match(r"^(objectives\.[^.]+\.itm_head\.linear\.)", k))), None)
-    mlm = next((m.group(1) for k in sd if (m := re.match(r"^(objectives\.[^.]+\.mlm_head\.)", k))), None)
-    return _Layout(max(layers) + 1 if layers else 0, itm, mlm, any(k.startswith("teacher.model.") for k in sd))
-
-
-def _official_key(k: str, lay: _Layout) -> str | None:
-    """Our key -> the official key in the pretraining layout (None: no counterpart)."""
-    if k == "temp":
-        return "temp"
-    if k in _OURS_QUEUE:
-        return _OURS_QUEUE[k]
-    teacher = k.startswith("teacher.model.")
-    rest, sfx = (k[len("teacher.model."):], "_m") if teacher else (k, "")
-    simple = (("vision_encoder.vit.", f"visual_encoder{sfx}."), ("vision_proj.", f"vision_proj{sfx}."),
-              ("text_proj.", f"text_proj{sfx}."), ("text_encoder.bert.", f"text_encoder{sfx}.bert."))
-    for ours, theirs in simple:
-        if rest.startswith(ours):
-            return theirs + rest[len(ours):]
-    m = re.match(r"^fusion\.layer\.(\d+)\.(.*)$", rest)
-    if m:
-        return f"text_encoder{sfx}.bert.encoder.layer.{lay.n_text + int(m.group(1))}.{m.group(2)}"
-    if teacher:
-        if rest.startswith("mlm_head."):
-            return "text_encoder_m.cls.predictions." + rest[len("mlm_head."):]
-        return None
-    if lay.mlm_prefix and k.startswith(lay.mlm_prefix):
-        return "text_encoder.cls.predictions." + k[len(lay.mlm_prefix):]
-    if lay.itm_prefix and k.startswith(lay.itm_prefix):
-        return "itm_head." + k[len(lay.itm_prefix):]
-    return None
-
-
-def _online_key(teacher_key: str, lay: _Layout) -> str | None:
-    """``teacher.model.X`` -> the online key it is the EMA copy of."""
-    rest = teacher_key[len("teacher.model."):]
-    if rest.startswith("mlm_head."):
-        return (lay.mlm_prefix + rest[len("mlm_head."):]) if lay.mlm_prefix else None
-    return rest
-
-
-def _drop_reason(canon: str, task: str, lay: _Layout, inverse: Mapping[str, list[str]]) -> str | None:
-    """Why an official key is deliberately not converted, or None."""
-    m = re.match(r"^text_encoder(?:_m)?\.bert\.encoder\.layer\.(\d+)\.", canon)
-    if task == "nlvr" and m and int(m.group(1)) >= lay.n_text:
-        return ("NLVR2 fusion layer (two images, alternating cross-attention): "
-                "this model's fusion attends to one image")
-    if canon in inverse:
-        return None
-    if canon.endswith(".embeddings.position_ids"):
-        return "position-id buffer (0..max_len-1), not a weight: transformers rebuilds it"
-    if canon.endswith(".cls.predictions.decoder.bias"):
-        return "tied: the same tensor as cls.predictions.bias"
+def _drop_reason(canon: str) -> str | None:
+    """Why an official key (pretraining layout) is deliberately not converted, or None."""
     if canon.startswith(("text_decoder.", "text_decoder_m.")):
         return "VQA answer decoder: no VQA head in this model yet"
-    if canon.startswith(("cls_head.", "cls_head_m.")):
-        name = "NLVR2" if task == "nlvr" else "SNLI-VE" if task == "ve" else "classification"
-        return f"{name} classification head: no such head in this model yet"
-    if canon.startswith("ta_head."):
-        return "NLVR2 text-assignment head: no such head in this model"
-    if not lay.has_teacher and (canon.startswith(_MOMENTUM_PREFIXES) or canon in _QUEUE_KEYS):
-        return "this model has no momentum teacher or queue (model.teacher=NoTeacher)"
-    if canon.endswith(".embeddings.token_type_embeddings.weight"):
-        return "this model has no token-type embeddings (the official model adds row 0 to every token)"
-    if ".cls.predictions." in canon and lay.mlm_prefix is None:
-        return "this model has no MLM objective (model.objectives.mlm=null)"
-    if canon.startswith("itm_head.") and lay.itm_prefix is None:
-        return "this model has no ITM objective (model.objectives.itm=null)"
+    if canon.endswith(".embeddings.position_ids"):
+        return "position-id buffer (0..max_len-1), not a weight: transformers rebuilds it"
+    if canon.endswith(".cls.predictions.decoder.weight"):
+        return "tied: the same tensor as the word embeddings"
+    if canon.endswith(".cls.predictions.decoder.bias"):
+        return "tied: the same tensor as cls.predictions.bias"
     return None
 
 
-# ----------------------------------------------------------------------------- official -> ours
+def _official_to_ours_key(canon: str, n_text: int) -> str | None:
+    """Official key (pretraining layout, no drop reason) -> our key; None: unknown."""
+    teacher = False
+    m = re.match(rf"^({'|'.join(_MOMENTUM_PARTS)})_m\.(.*)$", canon)
+    if m:
+        teacher, canon = True, f"{m.group(1)}.{m.group(2)}"
+    new = None
+    if canon in ("temp", "image_queue", "text_queue", "idx_queue"):
+        new = canon if canon == "temp" else f"teacher.queue.{canon}"
+    elif canon == "queue_ptr":
+        new = "teacher.queue.ptr"
+    elif canon.startswith("visual_encoder."):
+        new = "vision_encoder.vit." + canon[len("visual_encoder."):]
+    elif canon.startswith(("vision_proj.", "text_proj.", "text_encoder.bert.embeddings.")):
+        new = canon
+    elif (lm := re.match(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.(.*)$", canon)):
+        i = int(lm.group(1))
+        new = f"text_encoder.bert.encoder.layer.{i}.{lm.group(2)}" if i < n_text else f"fusion.layer.{i - n_text}.{lm.group(2)}"
+    else:
+        for theirs, ours in _HEAD_PREFIXES:
+            if canon.startswith(theirs):
+                new = ours + canon[len(theirs):]
+                break
+    if new is None or (teacher and new.startswith("teacher.")):
+        return None
+    return ("teacher.model." + new) if teacher else new
+
+
+def _first_cross_layer(sd: Mapping[str, Any]) -> int | None:
+    cross = [int(m.group(2)) for k in sd if (m := re.match(r"^text_encoder(_m)?\.(?:bert\.)?encoder\.layer\.(\d+)\.crossattention\.", k))]
+    return min(cross) if cross else None
+
+
+def _rename_official(sd: Mapping[str, torch.Tensor], n_text: int | None):
+    """(ours, dropped, unexpected, origin {our key: official key})."""
+    if n_text is None:
+        n_text = _first_cross_layer(sd)
+        n_text = 6 if n_text is None else n_text
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    dropped: list[tuple[str, str]] = []
+    unexpected: list[str] = []
+    for key, v in sd.items():
+        canon = _canonical(key)
+        reason = _drop_reason(canon)
+        if reason is not None:
+            dropped.append((key, reason))
+            continue
+        new = _official_to_ours_key(canon, n_text)
+        if new is None:
+            unexpected.append(key)
+            continue
+        if new in ("teacher.queue.image_queue", "teacher.queue.text_queue") and v.dim() == 2:
+            v = v.t().contiguous()  # official [E, Q] -> ours [Q, E]
+        elif new == "teacher.queue.idx_queue":
+            v = v.reshape(-1)  # official [1, Q] -> ours [Q]
+        out[new] = v
+        origin[new] = key
+    return out, dropped, unexpected, origin
+
+
+def official_to_ours_keys(
+    official: Mapping[str, torch.Tensor], n_text: int | None = None
+) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]], list[str]]:
+    """Rename an official state dict (any task layout) into this codebase's key layout,
+    keeping the checkpoint's own structure (its number of fusion layers, its heads).
+
+    ``n_text``: how many BERT layers are text-only; default: the first layer with
+    cross-attention (6 in every official model). Layers from ``n_text`` on become
+    ``fusion.layer.{i - n_text}``. Heads go to their conventional keys (``heads.mlm``,
+    ``heads.itm``, ``heads.cls``, ``heads.ta``), ``*_m`` copies under ``teacher.model.``,
+    queues to ``teacher.queue.*`` (transposed to [Q, E]).
+
+    Returns (state dict, dropped keys with the reason, unexpected keys): dropped are the
+    keys that are deliberately not converted (buffers, tied duplicates, the VQA decoder),
+    unexpected the keys of no known official layout.
+    """
+    out, dropped, unexpected, _ = _rename_official(unwrap_state_dict(official), n_text)
+    return out, dropped, unexpected
+
+
+def _model_ties(model: nn.Module) -> list[list[str]]:
+    """Keys of ``model`` that name one tensor (in state-dict order); works on the meta device."""
+    groups: dict[int, list[str]] = {}
+    for name, t in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(t), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+_OFFICIAL_HEADS = {
+    "cls_head": {"ve": "SNLI-VE classification head", "nlvr": "NLVR2 classification head"},
+    "ta_head": {"": "NLVR2 text-assignment head"},
+    "itm_head": {"": "ITM head"},
+    "text_encoder.cls.predictions": {"": "MLM head"},
+}
+
+
+def _official_head_name(key: str, task: str) -> str | None:
+    """``'SNLI-VE classification head (cls_head_m)'`` for an official head key, else None."""
+    m = re.match(r"^(cls_head|ta_head|itm_head|text_encoder)(_m)?\.", key)
+    if m is None:
+        return None
+    canon = re.sub(r"^(\w+)_m\.", r"\1.", _canonical(key)) if m.group(2) else _canonical(key)
+    for prefix, names in _OFFICIAL_HEADS.items():
+        if canon.startswith(prefix + "."):
+            name = names.get(task, names.get("", "classification head"))
+            return f"{name} ({m.group(1)}{m.group(2) or ''}{prefix[len(m.group(1)):]})"
+    return None
+
+
 def convert_official_to_ours(
     official: Any,
-    model: nn.Module | Mapping[str, torch.Tensor],
+    model: nn.Module,
     *,
     task: str | None = None,
     source: str = "",
+    reset_queue_ids: bool = False,
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Convert an official checkpoint (``{'model': sd}`` or flat) to ``model``'s state-dict layout.
+    """Convert an official checkpoint (``{'model': sd}`` or flat, any layout) to ``model``.
 
-    ``model`` (a module or its state dict) gives the target keys, shapes and dtypes.
-    ``task`` is the official model that wrote the checkpoint; None detects it from the
-    keys. Position embeddings of another resolution are interpolated. Returns the new
-    state dict (target order; only keys that were filled) and the :class:`LoadReport`.
+    ``model`` gives the target keys, shapes and how its parts are filled (it may live on
+    the meta device). ``task`` is the official layout; None detects it from the keys.
+    :func:`official_to_ours_keys`, then :func:`~albef.checkpoint.adapt.adapt_state_dict`;
+    the report names official keys on the source side. Also reported (warnings): tied
+    official pairs that disagree (the word embeddings win over the MLM decoder copy; for
+    the cross-attention key/value the model shares, layer 2k+1 wins, as the official
+    ``share_cross_attention``) and a BERT whose layer count does not fit the model.
+    Returns (state dict in the model's key order, only keys that were filled; report).
     """
+    from albef.checkpoint.adapt import adapt_state_dict
+
     src = unwrap_state_dict(official)
     task = task or detect_official_task(src)
     if task not in TASKS:
         raise ValueError(f"unknown official task {task!r}; one of {', '.join(TASKS)}")
-    template = unwrap_state_dict(model)
-    lay = _layout(template)
-    inverse: dict[str, list[str]] = {}
-    for k in template:
-        ok = _official_key(k, lay)
-        if ok is not None:
-            inverse.setdefault(ok, []).append(k)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_official_to_ours needs the target nn.Module, got {type(model).__name__}")
     report = LoadReport(source=source, direction="official->ours", task=task)
-    out: dict[str, torch.Tensor] = {}
-    layers = {int(m.group(1)) for k in src if (m := re.match(r"^text_encoder\.(?:bert\.)?encoder\.layer\.(\d+)\.", k))}
-    cross = {int(m.group(1)) for k in src if (m := re.match(r"^text_encoder\.(?:bert\.)?encoder\.layer\.(\d+)\.crossattention\.", k))}
-    n_fusion = len({m.group(1) for k in template if (m := re.match(r"^fusion\.layer\.(\d+)\.", k))})
-    if layers and cross and task != "nlvr" and (min(cross) != lay.n_text or len(layers) != lay.n_text + n_fusion):
-        report.warnings.append(
-            f"the checkpoint's BERT has {len(layers)} layers with cross-attention from layer {min(cross)}; this model has "
-            f"{lay.n_text} text + {n_fusion} fusion layers (model.text_encoder.num_layers, model.fusion.num_layers)"
-        )
+    ours, dropped, unexpected, origin = _rename_official(src, None)
+    report.dropped.extend(dropped)
+    report.unexpected.extend(unexpected)
 
-    for key, value in src.items():
-        canon = _canonical(key)
-        reason = _drop_reason(canon, task, lay, inverse)
-        if reason is not None:
-            report.dropped.append((key, reason))
-            continue
-        targets = inverse.get(canon)
-        if not targets:
-            report.unexpected.append(key)
-            continue
-        for t in targets:
-            want = template[t]
-            v = value
-            if canon in ("image_queue", "text_queue") and v.dim() == 2:
-                v = v.t().contiguous()  # official [E, Q] -> ours [Q, E]
-            elif canon == "idx_queue":
-                v = v.reshape(-1)  # official [1, Q] -> ours [Q]
-            elif canon.endswith(".pos_embed") and v.dim() == 3 and v.shape[1] != want.shape[1] and v.shape[2] == want.shape[2]:
-                v = interpolate_pos_embed(v, want.shape[1] - 1)
-                report.interpolated.append((key, tuple(value.shape), tuple(v.shape)))
-            if tuple(v.shape) != tuple(want.shape):
-                report.mismatched.append((key, t, tuple(value.shape), tuple(want.shape)))
-                continue
-            out[t] = v.to(want.dtype)
-            report.mapped.append((key, t))
-
-    # tied pairs must agree (loading writes the same Parameter twice)
-    for a, b in (("text_encoder.bert.embeddings.word_embeddings.weight", "text_encoder.cls.predictions.decoder.weight"),
-                 ("text_encoder.cls.predictions.bias", "text_encoder.cls.predictions.decoder.bias")):
-        for sfx in ("", "_m"):
-            ka, kb = a.replace("text_encoder.", f"text_encoder{sfx}.", 1), b.replace("text_encoder.", f"text_encoder{sfx}.", 1)
-            if ka in src and kb in src and not src[ka].is_meta and not torch.equal(src[ka], src[kb]):
+    # the official model ties the MLM decoder to the word embeddings and its bias: both copies must agree
+    for sfx in ("", "_m"):
+        canon = {_canonical(k): k for k in src if k.startswith(f"text_encoder{sfx}.")}
+        for a, b in ((f"text_encoder{sfx}.bert.embeddings.word_embeddings.weight", f"text_encoder{sfx}.cls.predictions.decoder.weight"),
+                     (f"text_encoder{sfx}.cls.predictions.bias", f"text_encoder{sfx}.cls.predictions.decoder.bias")):
+            ka, kb = canon.get(a), canon.get(b)
+            if ka and kb and not src[ka].is_meta and not torch.equal(src[ka], src[kb]):
                 report.warnings.append(f"{ka} and {kb} differ although the official model ties them; {ka} wins")
-    for p in ("", "teacher.model."):
-        # the MLM decoder *is* the word-embedding matrix: give both keys the word embeddings
-        w = f"{p}text_encoder.bert.embeddings.word_embeddings.weight"
-        if w not in out:
+    # tensors this model shares (the NLVR2 cross-attention key/value of layers 2k, 2k+1): the
+    # last key wins, as when the official model (module_0.weight = module_1.weight) loads the file
+    for group in _model_ties(model):
+        present = [k for k in group if k in ours]
+        if len(present) < 2:
             continue
-        for k in template:
-            if k.endswith("mlm_head.decoder.weight") and k.startswith("teacher.model.") == bool(p):
-                if k not in out:
-                    report.filled.append((k, "tied to the word embeddings"))
-                out[k] = out[w]
+        last = ours[present[-1]]
+        differ = [k for k in present[:-1] if not last.is_meta and not ours[k].is_meta and not torch.equal(ours[k], last)]
+        for k in differ:
+            report.warnings.append(
+                f"{origin[k]} and {origin[present[-1]]} differ although this model shares them (official "
+                f"share_cross_attention: one tensor); {origin[present[-1]]} wins, as in the official model")
+        for k in present[:-1]:
+            ours[k] = last
 
-    if "teacher.queue.ptr" in out and not ("teacher.queue.image_queue" in out and "teacher.queue.text_queue" in out):
-        # a pointer (and ids) into queues that were not converted would point into our own, unrelated queue
-        for k in ("teacher.queue.ptr", "teacher.queue.idx_queue"):
-            if k in out:
-                del out[k]
-                for i, (sk, tk) in enumerate(report.mapped):
-                    if tk == k:
-                        report.mapped.pop(i)
-                        report.dropped.append((sk, "its feature queues were not converted (see the shape mismatches)"))
-                        break
-    has_m = any(k.startswith(_MOMENTUM_PREFIXES) for k in src)
-    for k, want in template.items():
-        if k in out:
-            continue
-        if k == "teacher.queue.idx_queue" and "teacher.queue.image_queue" in out:
-            out[k] = torch.full_like(want, -100)
-            report.filled.append((k, "-100 (no image id): the official pretraining queue keeps no ids"))
-        elif k.startswith("teacher.model.") and not has_m:
-            online = _online_key(k, lay)
-            if online in out and tuple(out[online].shape) == tuple(want.shape):
-                out[k] = out[online].clone()
-                report.filled.append((k, "no momentum copy in the checkpoint: copied from the online weights "
-                                         "(as the official copy_params() at initialisation)"))
-    conflicting = {t for _, t, _, _ in report.mismatched}
-    report.missing = [k for k in template if k not in out and k not in conflicting]
-    return {k: out[k] for k in template if k in out}, report
+    # does the checkpoint's BERT fit the model's text + fusion layers?
+    layers = {int(m.group(1)) for k in src if (m := re.match(r"^text_encoder\.(?:bert\.)?encoder\.layer\.(\d+)\.", k))}
+    first_cross = _first_cross_layer(src)
+    if layers and first_cross is not None:
+        template = model.state_dict(keep_vars=True)
+        n_text = len({m.group(1) for k in template if (m := re.match(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.", k))})
+        n_fusion = len({m.group(1) for k in template if (m := re.match(r"^fusion\.layer\.(\d+)\.", k))})
+        k_vis = int(getattr(getattr(model, "fusion", None), "num_visual_inputs", 1) or 1)
+        n_src_fusion = len(layers) - first_cross
+        fits = n_src_fusion == n_fusion or (k_vis > 1 and n_src_fusion * k_vis == n_fusion)
+        if first_cross != n_text or not fits:
+            report.warnings.append(
+                f"the checkpoint's BERT has {len(layers)} layers with cross-attention from layer {first_cross}; this model has "
+                f"{n_text} text + {n_fusion} fusion layers (model.text_encoder.num_layers, model.fusion.num_layers)"
+            )
+
+    out, report = adapt_state_dict(ours, model, report=report, reset_queue_ids=reset_queue_ids)
+    # name the official keys on the source side of the report
+    n_own = len(dropped)
+    report.mapped = [(origin.get(s, s), t) for s, t in report.mapped]
+    new_dropped = []
+    for i, (s, reason) in enumerate(report.dropped):
+        if i >= n_own:
+            s = origin.get(s, s)
+            head = _official_head_name(s, task)
+            if head is not None:
+                reason = f"{head}: {reason}"
+        new_dropped.append((s, reason))
+    report.dropped = new_dropped
+    report.unexpected = [origin.get(s, s) for s in report.unexpected]
+    report.mismatched = [(origin.get(s, s), t, a, b) for s, t, a, b in report.mismatched]
+    report.interpolated = [(origin.get(s, s), a, b) for s, a, b in report.interpolated]
+    return out, report
 
 
 # ----------------------------------------------------------------------------- ours -> official
-def _official_sort_key(key: str, index: int) -> tuple:
-    group = next((i for i, g in enumerate(_OFFICIAL_GROUPS) if key == g or (g.endswith(".") and key.startswith(g))), len(_OFFICIAL_GROUPS))
+@dataclass(frozen=True)
+class _Layout:
+    """An official model's state-dict layout: its top-level parts in state-dict order
+    (exact names for parameters/buffers of the model itself, ``name.`` for submodules)."""
+
+    label: str
+    official_class: str
+    parts: tuple[str, ...]
+    mlm: bool = False
+    head: tuple[str, int] | None = None  # required head of ours: (key, number of classes)
+
+
+_RETRIEVAL_PARTS = ("temp", "image_queue", "text_queue", "idx_queue", "queue_ptr", "visual_encoder.", "text_encoder.",
+                    "vision_proj.", "text_proj.", "itm_head.", "visual_encoder_m.", "vision_proj_m.", "text_encoder_m.", "text_proj_m.")
+_CLS_PARTS = ("visual_encoder.", "text_encoder.", "cls_head.", "visual_encoder_m.", "text_encoder_m.", "cls_head_m.")
+_LAYOUTS = {
+    "pretrain": _Layout("pretraining", "model_pretrain.ALBEF", tuple(p for p in _RETRIEVAL_PARTS if p != "idx_queue"), mlm=True),
+    "retrieval": _Layout("retrieval", "model_retrieval.ALBEF", _RETRIEVAL_PARTS),
+    "grounding": _Layout("grounding", "model_retrieval.ALBEF", _RETRIEVAL_PARTS),
+    "ve": _Layout("SNLI-VE", "model_ve.ALBEF", _CLS_PARTS, head=("cls", 3)),
+    "nlvr": _Layout("NLVR2", "model_nlvr.ALBEF", _CLS_PARTS, head=("cls", 2)),
+    "nlvr_ta": _Layout("NLVR2 text-assignment", "model_pretrain_nlvr.ALBEF",
+                       ("temp", "visual_encoder.", "text_encoder.", "vision_proj.", "text_proj.", "ta_head."), head=("ta", 3)),
+}
+_PART_NAMES = {
+    "temp": "temperature", "image_queue": "feature queue", "text_queue": "feature queue", "queue_ptr": "feature queue",
+    "idx_queue": "image-id queue", "vision_proj": "projections", "text_proj": "projections", "itm_head": "ITM head",
+    "cls_head": "classification head", "ta_head": "text-assignment head", "mlm": "MLM head",
+}
+_OURS_QUEUE = {
+    "teacher.queue.image_queue": "image_queue",
+    "teacher.queue.text_queue": "text_queue",
+    "teacher.queue.ptr": "queue_ptr",
+    "teacher.queue.idx_queue": "idx_queue",
+}
+_OURS_HEADS = {"heads.mlm.": "text_encoder.cls.predictions.", "heads.itm.linear.": "itm_head.", "heads.cls.": "cls_head.", "heads.ta.": "ta_head."}
+
+
+def ours_to_official_key(key: str, n_text: int, task: str = "pretrain") -> str | None:
+    """Our key -> its official key in the layout of ``task`` (None: no official counterpart).
+
+    ``n_text``: our text-only layers (fusion layer j is BERT layer ``n_text + j``)."""
+    if key == "temp":
+        return "temp"
+    if key in _OURS_QUEUE:
+        return _OURS_QUEUE[key]
+    teacher = key.startswith("teacher.model.")
+    rest, sfx = (key[len("teacher.model."):], "_m") if teacher else (key, "")
+    canon = None
+    for ours, theirs in (("vision_encoder.vit.", "visual_encoder."), ("vision_proj.", "vision_proj."),
+                         ("text_proj.", "text_proj."), ("text_encoder.bert.", "text_encoder.bert.")):
+        if rest.startswith(ours):
+            canon = theirs + rest[len(ours):]
+            break
+    if canon is None and (m := re.match(r"^fusion\.layer\.(\d+)\.(.*)$", rest)):
+        canon = f"text_encoder.bert.encoder.layer.{n_text + int(m.group(1))}.{m.group(2)}"
+    if canon is None:
+        for ours, theirs in _OURS_HEADS.items():
+            if rest.startswith(ours):
+                canon = theirs + rest[len(ours):]
+                break
+    if canon is None:
+        return None
+    top, dot, tail = canon.partition(".")
+    return _task_key(f"{top}{sfx}{dot}{tail}", task)
+
+
+def _part(official_key: str) -> str:
+    """The top-level part of an official key (``text_encoder.``, ``temp``, ...)."""
+    top, dot, _ = official_key.partition(".")
+    return top + dot
+
+
+def _official_sort_key(key: str, index: int, parts: tuple[str, ...]) -> tuple:
+    group = parts.index(_part(key)) if _part(key) in parts else len(parts)
     section, layer, sub = 0, -1, index
     m = re.match(r"^text_encoder(?:_m)?\.(?:bert\.)?(embeddings|encoder\.layer\.(\d+)|cls)\.", key)
     if m:
@@ -434,22 +552,40 @@ def _official_sort_key(key: str, index: int) -> tuple:
 
 
 def convert_ours_to_official(
-    ours: Any, *, task: str = "pretrain", source: str = ""
+    ours: Any, *, task: str | None = None, source: str = ""
 ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """This model's state dict (or module / ``{'model': sd}``) -> the official layout of ``task``.
 
-    ``pretrain`` writes the ``model_pretrain.ALBEF`` layout (loadable by the official
-    ``Pretrain.py``); ``retrieval``/``grounding`` the ``model_retrieval.ALBEF`` layout (no
-    MLM head, ``idx_queue``). The official buffers this model does not keep are
-    rebuilt: ``position_ids`` and the tied ``cls.predictions.decoder.bias``.
+    ``task`` (default: from our heads, :func:`detect_our_task`): ``pretrain``
+    (``model_pretrain.ALBEF``, loadable by the official ``Pretrain.py``),
+    ``retrieval``/``grounding`` (``model_retrieval.ALBEF``: no MLM head, ``idx_queue``),
+    ``ve`` (``model_ve.ALBEF``: ``cls_head`` 3-way), ``nlvr`` (``model_nlvr.ALBEF``: the
+    18-layer BERT, ``cls_head`` 2-way) or ``nlvr_ta`` (``model_pretrain_nlvr.ALBEF``:
+    ``ta_head``, no momentum copies). Keys in the official order. Parts of ours the layout
+    does not hold are dropped with the reason; momentum copies the layout has and this model
+    does not are copied from the online weights (as the official ``copy_params()``); the
+    official buffers this model does not keep are rebuilt (``position_ids``, the tied
+    ``cls.predictions.decoder.bias``).
     """
-    if task not in TO_OFFICIAL_TASKS:
-        head = {"vqa": "a VQA answer decoder", "nlvr": "the NLVR2 18-layer two-image encoder and head",
-                "ve": "an SNLI-VE classification head"}.get(task, "its task head")
-        raise ValueError(f"cannot write an official {task!r} checkpoint: it needs {head}, which this model does not have "
-                         f"(supported: {', '.join(TO_OFFICIAL_TASKS)})")
+    from albef.checkpoint.adapt import is_legacy_state_dict, upgrade_legacy_keys
+
     sd = unwrap_state_dict(ours)
-    lay = _layout(sd)
+    if is_legacy_state_dict(sd):
+        sd = upgrade_legacy_keys(sd)
+    task = task or detect_our_task(sd)
+    if task not in TO_OFFICIAL_TASKS:
+        what = {"vqa": "a VQA answer decoder"}.get(task, "its task head")
+        raise ValueError(f"cannot write an official {task!r} checkpoint: it needs {what}, which this model does not have "
+                         f"(supported: {', '.join(TO_OFFICIAL_TASKS)})")
+    lay = _LAYOUTS[task]
+    if lay.head is not None:
+        key, n_cls = lay.head
+        weights = [v for k, v in sd.items() if k.startswith(f"heads.{key}.") and k.endswith("weight")]
+        if not weights or weights[-1].shape[0] != n_cls:
+            have = f"heads.{key} with {weights[-1].shape[0]} classes" if weights else f"no heads.{key}"
+            raise ValueError(f"cannot write an official {task!r} checkpoint: it needs the {lay.label} head "
+                             f"(heads.{key}, {n_cls} classes), which this model does not have ({have})")
+    n_text = len({m.group(1) for k in sd if (m := re.match(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.", k))})
     report = LoadReport(source=source, direction="ours->official", task=task)
     out: dict[str, torch.Tensor] = {}
     order: dict[str, int] = {}
@@ -459,33 +595,39 @@ def convert_ours_to_official(
         out[key] = value
 
     for k, v in sd.items():
-        canon = _official_key(k, lay)
-        if canon is None:
+        official = ours_to_official_key(k, n_text, task)
+        if official is None:
             report.unexpected.append(k)
             continue
-        if task != "pretrain" and ".cls.predictions." in canon:
-            report.dropped.append((k, "the official retrieval/grounding model has no MLM head"))
+        part = _part(official)
+        is_mlm = ".cls.predictions." in official
+        if part not in lay.parts or (is_mlm and not lay.mlm):
+            name = _PART_NAMES.get("mlm" if is_mlm else part.rstrip("."))
+            if part.endswith("_m.") and not is_mlm:
+                what = f"momentum copy of {part[:-3]}"
+            else:
+                what = name or part.rstrip(".")
+                what += " (momentum copy)" if part.endswith("_m.") else ""
+            report.dropped.append((k, f"the official {lay.label} model ({lay.official_class}) has no {what}"))
             continue
-        if canon == "idx_queue" and task == "pretrain":
-            report.dropped.append((k, "the official pretraining model keeps no image-id queue"))
-            continue
-        if canon in ("image_queue", "text_queue"):
+        if official in ("image_queue", "text_queue"):
             v = v.t().contiguous()  # ours [Q, E] -> official [E, Q]
-        elif canon == "idx_queue":
+        elif official == "idx_queue":
             v = v.reshape(1, -1)
-        put(_task_key(canon, task), v)
-        report.mapped.append((k, _task_key(canon, task)))
+        put(official, v)
+        report.mapped.append((k, official))
 
-    if not lay.has_teacher:  # the official model always has momentum copies: start them as copy_params() does
-        for key in list(out):
-            for online, momentum in (("visual_encoder.", "visual_encoder_m."), ("vision_proj.", "vision_proj_m."),
-                                     ("text_encoder.", "text_encoder_m."), ("text_proj.", "text_proj_m.")):
-                if key.startswith(online):
-                    mk = momentum + key[len(online):]
-                    put(mk, out[key].clone())
-                    report.filled.append((mk, "this model has no momentum teacher: copied from the online weights "
-                                              "(as the official copy_params())"))
-        report.missing.extend(k for k in ("image_queue", "text_queue", "queue_ptr") if k not in out)
+    has_teacher = any(k.startswith("teacher.model.") for k in sd)
+    why = ("this model has no momentum teacher" if not has_teacher else "this model keeps no momentum copy of it")
+    for part in lay.parts:
+        if not part.endswith("_m."):
+            continue
+        online = part[:-3] + "."
+        for key in [k for k in out if k.startswith(online)]:
+            mk = part + key[len(online):]
+            if mk not in out:
+                put(mk, out[key].clone())
+                report.filled.append((mk, f"{why}: copied from the online weights (as the official copy_params())"))
     for sfx in ("", "_m"):
         base = _task_key(f"text_encoder{sfx}.bert.embeddings.", task)
         pos = out.get(base + "position_embeddings.weight")
@@ -496,5 +638,28 @@ def convert_ours_to_official(
         if bias is not None:
             put(f"text_encoder{sfx}.cls.predictions.decoder.bias", bias)
             report.filled.append((f"text_encoder{sfx}.cls.predictions.decoder.bias", "tied: the same tensor as cls.predictions.bias"))
-    keys = sorted(out, key=lambda k: _official_sort_key(k, order[k]))
+    if "idx_queue" in lay.parts and "idx_queue" not in out and "image_queue" in out:
+        put("idx_queue", torch.full((1, out["image_queue"].shape[1]), -100, dtype=torch.long))
+        report.filled.append(("idx_queue", "-100 (no image id), as the official retrieval model initialises it"))
+    for part in lay.parts:  # what the layout needs and nothing filled
+        if not part.endswith("."):
+            if part not in out:
+                report.missing.append(part)
+        elif not any(k.startswith(part) for k in out):
+            report.missing.append(part + "*")
+    if lay.mlm:
+        for sfx in ("", "_m"):
+            if f"text_encoder{sfx}." in lay.parts and not any(k.startswith(f"text_encoder{sfx}.cls.predictions.") for k in out):
+                report.missing.append(f"text_encoder{sfx}.cls.predictions.*")
+    if task in ("nlvr", "nlvr_ta"):  # the official model shares the cross-attention key/value of layers 2k, 2k+1
+        n_layers = len({m.group(1) for k in out if (m := re.match(r"^text_encoder\.encoder\.layer\.(\d+)\.", k))})
+        for sfx in ("", "_m"):
+            for i in range(n_text, n_layers - 1, 2):
+                for w in ("key.weight", "key.bias", "value.weight", "value.bias"):
+                    a = f"text_encoder{sfx}.encoder.layer.{i}.crossattention.self.{w}"
+                    b = f"text_encoder{sfx}.encoder.layer.{i + 1}.crossattention.self.{w}"
+                    if a in out and b in out and not out[a].is_meta and not torch.equal(out[a], out[b]):
+                        report.warnings.append(f"{a} and {b} differ, but the official model shares them "
+                                               f"(share_cross_attention): loading this file there keeps {b}")
+    keys = sorted(out, key=lambda k: _official_sort_key(k, order[k], lay.parts))
     return {k: out[k] for k in keys}, report

@@ -1,5 +1,7 @@
 """The complete config schema, with the paper's 4M pretraining recipe as values.
 
+This is the one place where defaults live: ``configs/Base-ALBEF.yaml`` names this
+recipe without repeating it, and task configs override only what their task changes.
 Every config file is merged over this tree, so a key that is not here (outside the
 open component nodes, see :mod:`albef.config.loader`) is a typo and is reported as one.
 """
@@ -15,7 +17,7 @@ _DEFAULTS: dict[str, Any] = {
         # the fly with its report logged); --resume takes precedence
         "weights": None,
         "weights_strict": True,  # false: load what matches and log the report (partial loads)
-        "embed_dim": 256,  # ITC projection size
+        "embed_dim": 256,  # ITC projection size; null: no projections or temperature (classifier tasks)
         "temp": 0.07,  # initial learnable temperature, clamped to [temp_min, temp_max]
         "temp_min": 0.001,
         "temp_max": 0.5,
@@ -39,6 +41,11 @@ _DEFAULTS: dict[str, Any] = {
             },
         },
         "fusion": {"name": "CrossAttentionFusion", "num_layers": 6},
+        # task heads by key; a head is built only when an objective uses it (model.heads.<key>)
+        "heads": {
+            "itm": {"name": "ITMHead"},
+            "mlm": {"name": "MLMHead"},
+        },
         "teacher": {
             "name": "MomentumTeacher",
             "momentum": 0.995,
@@ -64,7 +71,10 @@ _DEFAULTS: dict[str, Any] = {
         "num_workers": 4,
         "strict": False,  # true: a bad image or caption stops the run; false: skipped, counted, logged
         "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)
+        # turns a list of samples into a batch, tokenising the dataset's text field
+        "collator": {"name": "ImageTextCollator"},
         "train": {"name": "PretrainJSON", "ann_files": [], "image_root": ""},
+        "val": None,  # a validation split for the evaluators (eval.<key>.split: val)
         "test": None,  # e.g. {name: RetrievalEvalJSON, ann_file: ..., image_root: ...}
         "transforms": {
             "image_res": "${model.vision_encoder.img_size}",
@@ -83,6 +93,7 @@ _DEFAULTS: dict[str, Any] = {
         },
     },
     "train": {
+        "trainer": "DefaultTrainer",  # TRAINER_REGISTRY name: a task may override the trainer's build_* methods
         "seed": 42,
         "device": "auto",  # auto: cuda when available, else cpu
         "max_iter": 300000,  # ~30 epochs of the 4M set (5.1M pairs) at global batch 512
@@ -100,15 +111,25 @@ _DEFAULTS: dict[str, Any] = {
         "checkpoint_period": 5000,
         "max_to_keep": 3,
         "eval_period": 0,  # 0: evaluate only at the end
+        # keep model_best.pth by this metric of the evaluators (e.g. retrieval_val/r_mean); null: none
+        "best_metric": None,
+        "best_metric_mode": "max",  # max or min
         "log_period": 20,
         "find_unused_parameters": "auto",  # DDP; auto: on when the objective set is not ITC+ITM+MLM
     },
+    # evaluators by key (a map of EVALUATOR_REGISTRY components); metrics land in
+    # metrics.json as <key>/<metric>; an evaluator whose split (data.<split>) is null is skipped
     "eval": {
-        "batch_size": 64,
-        "k_test": 256,  # ITM re-ranks the top-k of the ITC similarities
-        "itm_batch_size": 256,  # pairs per fusion forward when re-ranking
-        "max_tokens": 30,  # official retrieval evaluation pads/truncates captions to 30 tokens
-        "rerank_score": "itm",  # itm: the ITM match logit (official); itm+itc: plus the ITC cosine (LAVIS)
+        "retrieval": {
+            "name": "RetrievalEvaluator",
+            "split": "test",
+            "batch_size": 64,
+            "k_test": 256,  # ITM re-ranks the top-k of the ITC similarities
+            "itm_batch_size": 256,  # pairs per fusion forward when re-ranking
+            "max_tokens": 30,  # official retrieval evaluation pads/truncates captions to 30 tokens
+            "rerank": True,  # false: ITC ranking only (a model without an ITM head)
+            "rerank_score": "itm",  # itm: the ITM match logit (official); itm+itc: plus the ITC cosine (LAVIS)
+        },
     },
     "output_dir": "output/albef",
 }

@@ -29,6 +29,16 @@ from albef.config.defaults import get_default_config_dict
 from albef.utils.file_io import PathManager
 
 BASE_KEY = "_base_"
+CORE_PREFIX = "albef://"  # `_base_: albef://pretrain/synthetic.yaml` names a config shipped with albef
+
+# keys that moved, with where they are now (an old config or override gets told, not just "unknown")
+MOVED_KEYS = {
+    "eval.k_test": "eval.retrieval.k_test",
+    "eval.batch_size": "eval.retrieval.batch_size",
+    "eval.itm_batch_size": "eval.retrieval.itm_batch_size",
+    "eval.max_tokens": "eval.retrieval.max_tokens",
+    "eval.rerank_score": "eval.retrieval.rerank_score",
+}
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -120,6 +130,11 @@ def merge_layer(base: dict, update: dict, source: str, root: dict | None = None,
         full = f"{prefix}{key}"
         if key == BASE_KEY:
             raise ConfigError(f"{source}: '{BASE_KEY}' is only allowed at the top level of a config file.")
+        if full in MOVED_KEYS and key not in base:
+            raise ConfigError(
+                f"{source}: config key '{full}' has moved to '{MOVED_KEYS[full]}' (evaluators are now a map of "
+                f"components under 'eval', one per evaluation)."
+            )
         if key not in base:
             if not open_node:
                 candidates = _all_keys(root)
@@ -179,7 +194,12 @@ def _file_layers(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict
         for b in [bases] if isinstance(bases, str) else list(bases):
             if not isinstance(b, str):
                 raise ConfigError(f"{path}: '{BASE_KEY}' must be a path or a list of paths, got {b!r}.")
-            b_path = b if os.path.isabs(b) or "://" in b else os.path.join(os.path.dirname(path), b)
+            if b.startswith(CORE_PREFIX):
+                from albef.config.paths import core_config_file
+
+                b_path = core_config_file(b[len(CORE_PREFIX):])
+            else:
+                b_path = b if os.path.isabs(b) or "://" in b else os.path.join(os.path.dirname(path), b)
             layers.extend(_file_layers(b_path, _seen + (path,)))
     layers.append((path, data))
     return layers

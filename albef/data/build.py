@@ -1,4 +1,4 @@
-"""Dataset and loader builders from the ``data`` config node."""
+"""Dataset, collator and loader builders from the ``data`` config node."""
 from __future__ import annotations
 
 import logging
@@ -6,15 +6,16 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
-from albef.data.tokenization import PretrainCollator, eval_image_collate
-from albef.registry import DATASET_REGISTRY, build_component
+from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, ComponentError, build_component
 from albef.utils import comm
 
 logger = logging.getLogger("albef.data")
+
+SPLITS = ("train", "val", "test")
 
 
 def prepare_synthetic(cfg: DictConfig) -> None:
@@ -23,7 +24,7 @@ def prepare_synthetic(cfg: DictConfig) -> None:
     if node is None:
         return
     from albef.data.synthetic.shapes import generate_synthetic
-    from albef.registry import _accepted_kwargs, ComponentError
+    from albef.registry import _accepted_kwargs
 
     kwargs = OmegaConf.to_container(node, resolve=True)
     accepted, _ = _accepted_kwargs(generate_synthetic)
@@ -37,40 +38,71 @@ def prepare_synthetic(cfg: DictConfig) -> None:
     logger.info("Synthetic data at %s: %s", kwargs.get("root"), manifest.get("counts", {}))
 
 
-def _dataset_extra(cfg: DictConfig) -> dict[str, Any]:
+def _dataset_extra(cfg: DictConfig, split: str) -> dict[str, Any]:
     return dict(
         transforms=OmegaConf.to_container(cfg.data.transforms, resolve=True),
         max_words=cfg.data.max_words,
         strict=cfg.data.strict,
         image_ids=cfg.data.image_ids,
         seed=cfg.train.seed,
+        is_train=split == "train",
     )
 
 
+def build_dataset(cfg: DictConfig, split: str) -> Dataset | None:
+    """The dataset of ``data.<split>`` (train, val or test), or None when that node is null."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown data split {split!r}; one of {', '.join(SPLITS)}")
+    node = cfg.data.get(split)
+    if node is None:
+        return None
+    return build_component(DATASET_REGISTRY, node, where=f"data.{split}", **_dataset_extra(cfg, split))
+
+
 def build_train_dataset(cfg: DictConfig):
-    return build_component(DATASET_REGISTRY, cfg.data.train, where="data.train", **_dataset_extra(cfg))
+    return build_dataset(cfg, "train")
 
 
 def build_test_dataset(cfg: DictConfig):
-    if cfg.data.test is None:
-        return None
-    return build_component(DATASET_REGISTRY, cfg.data.test, where="data.test", **_dataset_extra(cfg))
+    return build_dataset(cfg, "test")
+
+
+def _base_dataset(dataset: Dataset) -> Dataset:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def build_collator(cfg: DictConfig, dataset: Dataset, tokenizer: Any):
+    """``data.collator`` for ``dataset``: it tokenises the dataset's ``text_field``."""
+    base = _base_dataset(dataset)
+    return build_component(
+        COLLATOR_REGISTRY, cfg.data.collator, where="data.collator",
+        tokenizer=tokenizer, max_tokens=cfg.data.max_tokens, tokenization=cfg.data.tokenization,
+        text_field=getattr(base, "text_field", "caption"), with_image_ids=getattr(base, "has_image_ids", True),
+    )
+
+
+def build_train_sampler(cfg: DictConfig, dataset: Dataset, start_iter: int = 0):
+    """The dataset's own sampler (``dataset.build_sampler(...)``) if it has one, else an
+    :class:`InfiniteSampler` over ``len(dataset)``. Either way rank-sharded and resumable
+    from ``start`` (position in the global stream)."""
+    ws, rank = comm.get_world_size(), comm.get_rank()
+    start = start_iter * cfg.train.batch_size * ws
+    if hasattr(dataset, "build_sampler"):
+        return dataset.build_sampler(seed=cfg.train.seed, rank=rank, world_size=ws, start=start)
+    return InfiniteSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=ws, start=start)
 
 
 def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0) -> DataLoader:
-    ws, rank = comm.get_world_size(), comm.get_rank()
-    b = cfg.train.batch_size
-    sampler = InfiniteSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=ws, start=start_iter * b * ws)
+    rank = comm.get_rank()
     nw = cfg.data.num_workers
     return DataLoader(
         dataset,
-        batch_size=b,
-        sampler=sampler,
+        batch_size=cfg.train.batch_size,
+        sampler=build_train_sampler(cfg, dataset, start_iter),
         num_workers=nw,
-        collate_fn=PretrainCollator(
-            tokenizer, cfg.data.max_tokens, with_image_ids=getattr(dataset, "has_image_ids", False),
-            tokenization=cfg.data.tokenization,
-        ),
+        collate_fn=build_collator(cfg, dataset, tokenizer),
         pin_memory=False,
         drop_last=True,
         persistent_workers=False,
@@ -81,9 +113,14 @@ def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0)
     )
 
 
-def build_eval_image_loader(cfg: DictConfig, dataset) -> DataLoader:
-    # Every rank embeds every image (cheap next to re-ranking, which is split across ranks).
+def build_test_loader(cfg: DictConfig, dataset, tokenizer, batch_size: int) -> DataLoader:
+    """In-order batches of an evaluation dataset, collated by ``data.collator``."""
     return DataLoader(
-        dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=min(cfg.data.num_workers, 2),
-        collate_fn=eval_image_collate, generator=torch.Generator().manual_seed(0),
+        dataset, batch_size=batch_size, shuffle=False, num_workers=min(cfg.data.num_workers, 2),
+        collate_fn=build_collator(cfg, dataset, tokenizer), generator=torch.Generator().manual_seed(0),
     )
+
+
+def build_eval_image_loader(cfg: DictConfig, dataset, batch_size: int = 64) -> DataLoader:
+    """Images of a retrieval split in order (every rank embeds every image; re-ranking is split across ranks)."""
+    return build_test_loader(cfg, dataset, None, batch_size)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -90,28 +90,9 @@ def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, pad_to_max: bool 
     return {"input_ids": ids[:, :length].contiguous(), "attention_mask": mask[:, :length].contiguous()}
 
 
-class PretrainCollator:
-    """List of samples -> ``{"image" [B,3,H,W], "input_ids"/"attention_mask" [B,L], "image_id" [B], "skipped": [...]}``.
+def PretrainCollator(tokenizer, max_tokens: int, with_image_ids: bool = True, tokenization: str = "ours"):
+    """The pretraining batch (``image``, ``input_ids``/``attention_mask`` of the caption,
+    ``image_id``, ``skipped``): an :class:`albef.data.collate.ImageTextCollator` on ``caption``."""
+    from albef.data.collate import ImageTextCollator
 
-    ``tokenization``: ``ours`` or ``official`` (see :func:`tokenize`).
-    """
-
-    def __init__(self, tokenizer, max_tokens: int, with_image_ids: bool = True, tokenization: str = "ours"):
-        self.tokenizer, self.max_tokens, self.with_image_ids = tokenizer, max_tokens, with_image_ids
-        self.tokenization = check_tokenization_mode(tokenization)
-
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
-        batch.update(tokenize(self.tokenizer, [s["caption"] for s in samples], self.max_tokens, mode=self.tokenization))
-        if self.with_image_ids:
-            batch["image_id"] = torch.tensor([s["image_id"] for s in samples], dtype=torch.long)
-        batch["skipped"] = [x for s in samples for x in s.get("skipped", [])]
-        return batch
-
-
-def eval_image_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-        "skipped": [x for s in samples for x in s.get("skipped", [])],
-    }
+    return ImageTextCollator(tokenizer, max_tokens, tokenization=tokenization, text_field="caption", with_image_ids=with_image_ids)

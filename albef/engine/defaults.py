@@ -1,5 +1,9 @@
 """The pieces ``tools/train_net.py`` is made of: argument parser, setup, and the
-:class:`Trainer` that assembles data, model, optimizer, hooks and evaluation from a config."""
+:class:`DefaultTrainer` that assembles data, model, optimizer, hooks and evaluation from a
+config. Every piece is built by an overridable class method (``build_model``,
+``build_train_loader``, ``build_test_loader``, ``build_evaluator``, ``build_optimizer``,
+``build_lr_scheduler``, ``build_hooks``), detectron2's way: a task that needs another
+piece registers a subclass in ``TRAINER_REGISTRY`` and names it in ``train.trainer``."""
 from __future__ import annotations
 
 import argparse
@@ -17,12 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from albef.checkpoint import ALBEFCheckpointer, set_rng_state
 from albef.config import config_to_dict, dump_config, load_config
-from albef.data.build import build_eval_image_loader, build_test_dataset, build_train_dataset, build_train_loader, prepare_synthetic
+from albef.data import build as data_build
 from albef.data.tokenization import build_tokenizer
 from albef.engine import hooks as H
 from albef.engine.train_loop import SimpleTrainer
-from albef.evaluation.retrieval import evaluate_retrieval, format_results_table
+from albef.evaluation.base import Evaluator, format_metrics_table
 from albef.modeling import build_model
+from albef.registry import EVALUATOR_REGISTRY, TRAINER_REGISTRY, build_component, get_component
 from albef.utils import comm
 from albef.utils.events import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from albef.utils.logger import setup_logger
@@ -116,11 +121,11 @@ def _default_objectives(cfg: DictConfig) -> bool:
     return names == {"itc": "ITCLoss", "itm": "ITMLoss", "mlm": "MLMLoss"}
 
 
-class Trainer:
-    """Builds everything a pretraining run needs from ``cfg`` and runs it.
+class DefaultTrainer:
+    """Builds everything a run needs from ``cfg`` and runs it: pretraining or any task.
 
-    ``eval_only``: build the model and the test set only; the training data (and its
-    files) are not needed, e.g. to evaluate a released checkpoint.
+    ``eval_only``: build the model and the evaluation splits only; the training data (and
+    its files) are not needed, e.g. to evaluate a released checkpoint.
     """
 
     def __init__(self, cfg: DictConfig, eval_only: bool = False):
@@ -128,26 +133,101 @@ class Trainer:
         os.makedirs(cfg.output_dir, exist_ok=True)
         self.device = resolve_device(cfg)
         self.amp = resolve_amp(cfg, self.device)
-        prepare_synthetic(cfg)
-        self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+        self.prepare_data(cfg)
+        self.tokenizer = self.build_tokenizer(cfg)
         self.eval_only = eval_only
-        self.train_set = None if eval_only else build_train_dataset(cfg)
-        self.test_set = build_test_dataset(cfg)
+        self.train_set = None if eval_only else self.build_train_dataset(cfg)
         seed_all(cfg.train.seed)  # identical initial weights on every rank
-        self.model = build_model(cfg, self.tokenizer).to(self.device)
+        self.model = self.build_model(cfg, self.tokenizer).to(self.device)
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info("Model: %.2fM trainable parameters; device %s; bf16 autocast %s", n_train / 1e6, self.device, "on" if self.amp else "off")
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.evaluators = self.build_evaluators()
+        self.optimizer = self.build_optimizer(cfg, self.model)
         self.checkpointer = ALBEFCheckpointer(self.model, cfg.output_dir, optimizer=self.optimizer)
         seed_all(cfg.train.seed + comm.get_rank())
         self.start_iter = 0
-        ws = comm.get_world_size()
-        self.global_batch = cfg.train.batch_size * ws
+        self.global_batch = cfg.train.batch_size * comm.get_world_size()
         ramp = cfg.train.alpha_warmup_iters
         if ramp is not None:
             self.alpha_ramp_iters = int(ramp)
-        else:  # one epoch
-            self.alpha_ramp_iters = math.ceil(len(self.train_set) / self.global_batch) if self.train_set is not None else 0
+        elif self.train_set is None:
+            self.alpha_ramp_iters = 0
+        elif hasattr(self.train_set, "__len__"):  # one epoch
+            self.alpha_ramp_iters = math.ceil(len(self.train_set) / self.global_batch)
+        else:
+            raise ValueError("train.alpha_warmup_iters must be set for a training set without a length (streaming)")
+
+    # ------------------------------------------------------------------ builders (override in a task's trainer)
+    @classmethod
+    def prepare_data(cls, cfg: DictConfig) -> None:
+        """Generate built-in synthetic data when the config asks for it."""
+        data_build.prepare_synthetic(cfg)
+
+    @classmethod
+    def build_tokenizer(cls, cfg: DictConfig):
+        return build_tokenizer(cfg.data.tokenizer)
+
+    @classmethod
+    def build_model(cls, cfg: DictConfig, tokenizer: Any) -> torch.nn.Module:
+        return build_model(cfg, tokenizer)
+
+    @classmethod
+    def build_train_dataset(cls, cfg: DictConfig):
+        return data_build.build_dataset(cfg, "train")
+
+    @classmethod
+    def build_test_dataset(cls, cfg: DictConfig, split: str):
+        """The dataset of ``data.<split>`` (val or test), or None when it is null."""
+        return data_build.build_dataset(cfg, split)
+
+    @classmethod
+    def build_train_loader(cls, cfg: DictConfig, dataset, tokenizer, start_iter: int = 0):
+        return data_build.build_train_loader(cfg, dataset, tokenizer, start_iter=start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg: DictConfig, dataset, tokenizer, batch_size: int):
+        return data_build.build_test_loader(cfg, dataset, tokenizer, batch_size)
+
+    @classmethod
+    def build_evaluator(cls, cfg: DictConfig, key: str, dataset, tokenizer, device: torch.device, amp: bool) -> Evaluator:
+        """The evaluator ``eval.<key>`` over ``dataset``."""
+        node = OmegaConf.to_container(cfg.eval[key], resolve=True)
+        node.setdefault("prefix", key)
+        return build_component(
+            EVALUATOR_REGISTRY, node, where=f"eval.{key}", dataset=dataset, tokenizer=tokenizer, device=device, amp=amp,
+            tokenization=cfg.data.tokenization, loader_fn=lambda ds, bs: cls.build_test_loader(cfg, ds, tokenizer, bs),
+        )
+
+    @classmethod
+    def build_optimizer(cls, cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: DictConfig) -> ParamScheduler:
+        return build_lr_scheduler(cfg)
+
+    def build_evaluators(self) -> dict[str, Evaluator]:
+        """Every ``eval.<key>`` whose split exists, checked against the model before any training."""
+        out: dict[str, Evaluator] = {}
+        datasets: dict[str, Any] = {}
+        for key, node in (self.cfg.eval or {}).items():
+            if node is None:
+                continue
+            split = node.get("split", "test")
+            if split not in datasets:
+                datasets[split] = self.build_test_dataset(self.cfg, split)
+            if datasets[split] is None:
+                logger.info("eval.%s: data.%s is null, nothing to evaluate", key, split)
+                continue
+            ev = self.build_evaluator(self.cfg, key, datasets[split], self.tokenizer, self.device, self.amp)
+            ev.check(self.model)  # e.g. re-ranking without an ITM head: say so now, not after training
+            out[key] = ev
+        return out
+
+    @property
+    def test_set(self):
+        """The dataset of the first evaluator (``data.test`` in the default configs)."""
+        return next(iter(self.evaluators.values())).dataset if self.evaluators else None
 
     # ------------------------------------------------------------------ state
     def resume_or_load(self, resume: bool = True) -> int:
@@ -172,16 +252,12 @@ class Trainer:
         return self.start_iter
 
     def _load_weights(self) -> None:
-        """``model.weights``: our checkpoint, a ``.safetensors`` file or an official ALBEF
-        checkpoint (converted on the fly, report logged). Strict unless ``model.weights_strict=false``."""
+        """``model.weights``: a checkpoint of this or another task (ours, ``.safetensors`` or an
+        official ALBEF file), fitted to this model with its report logged
+        (:meth:`ALBEFCheckpointer.load_weights`). Strict unless ``model.weights_strict=false``."""
         w = self.cfg.model.weights
         if w:
-            strict_before = self.checkpointer.strict
-            self.checkpointer.strict = bool(self.cfg.model.weights_strict)
-            try:
-                self.checkpointer.load(w, checkpointables=[])
-            finally:
-                self.checkpointer.strict = strict_before
+            self.checkpointer.load_weights(w, strict=bool(self.cfg.model.weights_strict))
             logger.info("Initialised the model from %s", w)
 
     def checkpoint_extra(self, iteration: int) -> dict[str, Any]:
@@ -192,21 +268,18 @@ class Trainer:
         }
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        if self.test_set is None:
-            logger.info("data.test is null: no evaluation")
+    def evaluate(self) -> dict[str, float]:
+        """Run every evaluator; a flat ``{<prefix>/<metric>: value}`` dict (also printed as a table)."""
+        if not self.evaluators:
+            logger.info("No evaluation: no evaluator has data (eval.* with data.<split> set)")
             return {}
-        loader = build_eval_image_loader(self.cfg, self.test_set)
-        results = evaluate_retrieval(
-            H.unwrap(self.model), self.test_set, loader, self.tokenizer, k_test=self.cfg.eval.k_test,
-            max_tokens=self.cfg.eval.max_tokens, pair_batch=self.cfg.eval.itm_batch_size, device=self.device, amp=self.amp,
-            rerank_score=self.cfg.eval.rerank_score, tokenization=self.cfg.data.tokenization,
-        )
-        if comm.is_main_process():
-            logger.info(
-                "Retrieval on %s (%d images, %d captions):\n%s",
-                self.cfg.data.test.get("ann_file", "test set"), len(self.test_set), len(self.test_set.text), format_results_table(results),
-            )
+        model = H.unwrap(self.model)
+        results: dict[str, float] = {}
+        for key, ev in self.evaluators.items():
+            res = ev.evaluate(model)
+            results.update(res)
+            if comm.is_main_process():
+                logger.info("eval.%s: %s:\n%s", key, ev.describe(), format_metrics_table(res))
         return results
 
     # ------------------------------------------------------------------ training
@@ -216,21 +289,23 @@ class Trainer:
         writers = []
         if comm.is_main_process():
             writers = [CommonMetricPrinter(cfg.train.max_iter), JSONWriter(os.path.join(out, "metrics.json"), truncate=self.start_iter == 0), TensorboardWriter(out)]
+        best = None
+        if cfg.train.best_metric:
+            best = H.BestCheckpointer(self.checkpointer, cfg.train.best_metric, cfg.train.best_metric_mode)
         return [
             H.IterationTimer(),
-            H.LRScheduler(build_lr_scheduler(cfg)),
+            H.LRScheduler(self.build_lr_scheduler(cfg)),
             H.AlphaRamp(self.alpha_ramp_iters),
-            H.MomentumUpdate(),
             H.PeriodicCheckpointer(self.checkpointer, cfg.train.checkpoint_period, cfg.train.max_to_keep, self.checkpoint_extra),
-            H.EvalHook(cfg.train.eval_period, self.evaluate) if self.test_set is not None else None,
+            H.EvalHook(cfg.train.eval_period, self.evaluate, on_results=[best] if best else []) if self.evaluators else None,
             H.PeriodicWriter(writers, cfg.train.log_period),
         ]
 
-    def train(self) -> dict[str, dict[str, float]] | None:
+    def train(self) -> dict[str, float] | None:
         cfg = self.cfg
         if self.train_set is None:
-            raise RuntimeError("this Trainer was built with eval_only=True: it has no training data")
-        loader = build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
+            raise RuntimeError("this trainer was built with eval_only=True: it has no training data")
+        loader = self.build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
         model = self.model
         if comm.get_world_size() > 1:
             fup = cfg.train.find_unused_parameters
@@ -248,3 +323,14 @@ class Trainer:
         trainer.train(self.start_iter, cfg.train.max_iter)
         ev = [h for h in hooks if isinstance(h, H.EvalHook)]
         return ev[0].latest if ev else None
+
+
+Trainer = DefaultTrainer  # the name of earlier releases
+
+
+def trainer_class(cfg: DictConfig) -> type[DefaultTrainer]:
+    """The trainer named by ``train.trainer`` (TRAINER_REGISTRY)."""
+    cls = get_component(TRAINER_REGISTRY, cfg.train.trainer, where="train.trainer")
+    if not (isinstance(cls, type) and issubclass(cls, DefaultTrainer)):
+        raise ValueError(f"train.trainer: {cfg.train.trainer} is not a subclass of albef.engine.DefaultTrainer")
+    return cls

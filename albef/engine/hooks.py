@@ -1,4 +1,9 @@
-"""Training hooks: timing, LR schedule, alpha ramp, EMA teacher update, checkpoints, evaluation, writers."""
+"""Training hooks: timing, LR schedule, alpha ramp, checkpoints (periodic and best), evaluation, writers.
+
+The model's own per-step state changes (teacher EMA, queue, temperature clamp) are not a
+hook: :class:`~albef.engine.train_loop.SimpleTrainer` calls ``model.after_step`` once
+after every optimizer step.
+"""
 from __future__ import annotations
 
 import logging
@@ -58,16 +63,9 @@ class AlphaRamp(HookBase):
     def before_step(self) -> None:
         t = self.trainer
         scale = 1.0 if self.ramp_iters == 0 else min(1.0, t.iter / self.ramp_iters)
-        teacher = unwrap(t.model).teacher
-        teacher.set_alpha_scale(scale)
-        t.storage.put_scalar("alpha", teacher.current_alpha, smoothing_hint=False)
-
-
-class MomentumUpdate(HookBase):
-    """EMA update of the teacher after each optimizer step (foreach kernels, no sync)."""
-
-    def after_step(self) -> None:
-        unwrap(self.trainer.model).momentum_update()
+        model = unwrap(t.model)
+        model.set_distillation_scale(scale)
+        t.storage.put_scalar("alpha", model.distillation_alpha, smoothing_hint=False)
 
 
 class PeriodicCheckpointer(HookBase):
@@ -91,20 +89,24 @@ class PeriodicCheckpointer(HookBase):
 
 
 class EvalHook(HookBase):
-    """Runs ``eval_fn() -> {prefix: {metric: value}}`` every ``period`` iterations and after training."""
+    """Runs ``eval_fn() -> {"<prefix>/<metric>": value}`` every ``period`` iterations and after
+    training; the metrics go to the event storage (metrics.json, TensorBoard) and to every
+    ``on_results(results, iteration)`` callback (e.g. :class:`BestCheckpointer`)."""
 
-    def __init__(self, period: int, eval_fn: Callable[[], dict[str, dict[str, float]]]):
+    def __init__(self, period: int, eval_fn: Callable[[], dict[str, float]], on_results: list[Callable[[dict[str, float], int], None]] | None = None):
         self.period = period
         self.eval_fn = eval_fn
-        self.latest: dict[str, dict[str, float]] | None = None
+        self.on_results = list(on_results or [])
+        self.latest: dict[str, float] | None = None
 
     def _run(self) -> None:
         results = self.eval_fn()
         self.latest = results
         s = self.trainer.storage
-        for prefix, metrics in results.items():
-            for k, v in metrics.items():
-                s.put_scalar(f"{prefix}/{k}", v, smoothing_hint=False)
+        for k, v in results.items():
+            s.put_scalar(k, v, smoothing_hint=False)
+        for fn in self.on_results:
+            fn(results, self.trainer.iter)
         comm.synchronize()
 
     def after_step(self) -> None:
@@ -115,6 +117,29 @@ class EvalHook(HookBase):
     def after_train(self) -> None:
         if self.trainer.iter >= self.trainer.max_iter:  # not after a crash
             self._run()
+
+
+class BestCheckpointer:
+    """Keeps ``model_best.pth`` (the model, the iteration, the metric and its value) for the best
+    value of ``metric`` seen so far (``mode``: max or min). A metric the evaluators do not
+    report is an error naming the ones they do."""
+
+    def __init__(self, checkpointer, metric: str, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"train.best_metric_mode must be max or min, got {mode!r}")
+        self.checkpointer, self.metric, self.mode = checkpointer, metric, mode
+        self.best: float | None = None
+
+    def __call__(self, results: dict[str, float], iteration: int) -> None:
+        if self.metric not in results:
+            raise KeyError(f"train.best_metric={self.metric!r} is not among the evaluation metrics: {', '.join(sorted(results))}")
+        value = float(results[self.metric])
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if not better:
+            return
+        self.best = value
+        logger.info("New best %s = %.4f at iteration %d: saving model_best.pth", self.metric, value, iteration)
+        self.checkpointer.save("model_best", iteration=iteration, best_metric=self.metric, best_value=value)
 
 
 class PeriodicWriter(HookBase):

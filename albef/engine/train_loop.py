@@ -89,10 +89,13 @@ class TrainerBase:
 
 
 class SimpleTrainer(TrainerBase):
-    """data -> ``loss_dict = model(batch)`` -> sum of ``loss_*`` -> backward -> clip -> step.
+    """data -> ``out = model(batch)`` -> sum of ``loss_*`` -> backward -> clip -> step ->
+    ``model.after_step(out["state"])``.
 
     No host synchronisation on the step: losses go to the event storage as tensors.
-    Entries of ``loss_dict`` not named ``loss_*`` are logged, not optimised.
+    Entries of ``out`` not named ``loss_*`` are logged, not optimised, except ``state``,
+    which the model's forward hands to its own ``after_step`` (the one place where its
+    per-step state changes: teacher EMA, queue, clamps).
     """
 
     def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer, *, device: torch.device, amp: bool = False, clip_grad: float | None = None, global_batch: int = 1):
@@ -130,6 +133,7 @@ class SimpleTrainer(TrainerBase):
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
         with ctx:
             out = self.model(batch)
+        state = out.pop("state", None)
         losses = sum(v for k, v in out.items() if k.startswith("loss_"))
         self.optimizer.zero_grad(set_to_none=True)
         losses.backward()
@@ -137,6 +141,9 @@ class SimpleTrainer(TrainerBase):
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad, foreach=True)
             self.storage.put_scalar("grad_norm", grad_norm)
         self.optimizer.step()
+        after_step = getattr(self.model.module if hasattr(self.model, "module") else self.model, "after_step", None)
+        if after_step is not None:
+            after_step(state)
         self.storage.put_scalars(total_loss=losses, **out)
         self.storage.put_scalar("data_time", data_time)
         self.storage.put_scalar("skipped_samples", float(self.num_skipped), smoothing_hint=False)

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from albef.data.tokenization import tokenize
+from albef.evaluation.base import Evaluator, LoaderFn
 from albef.utils import comm
 
 logger = logging.getLogger("albef.evaluation")
@@ -48,8 +49,13 @@ def retrieval_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, txt2im
     return out
 
 
+def itm_scores(model, head: str, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
+    """Matched-class ITM logit [N] for N (text, image) pairs: ``model.head(head)`` on the fused [CLS]."""
+    return model.head(head)(model.fuse(text_embeds, text_mask, image_embeds)[:, 0])[:, 1].float()
+
+
 @torch.no_grad()
-def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds, text_mask, image_embeds, pair_batch: int, autocast, add_itc: bool = False) -> torch.Tensor:
+def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds, text_mask, image_embeds, pair_batch: int, autocast, add_itc: bool = False, head: str = "itm") -> torch.Tensor:
     """ITM logits for each query's top-k candidates; -100 elsewhere. Rows split across ranks.
 
     ``add_itc`` adds the candidate's ITC cosine to its ITM logit (LAVIS's score).
@@ -72,7 +78,7 @@ def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds
         for s in range(0, q.numel(), pair_batch):
             ti, ii = t_idx[s : s + pair_batch], i_idx[s : s + pair_batch]
             with autocast:
-                logits.append(model.itm_scores(text_embeds[ti], text_mask[ti], image_embeds[ii]).float())
+                logits.append(itm_scores(model, head, text_embeds[ti], text_mask[ti], image_embeds[ii]))
         block = torch.full((hi - lo, n_c), -100.0, device=sims.device)
         scores_k = torch.cat(logits).view(hi - lo, k)
         if add_itc:
@@ -83,15 +89,19 @@ def _rerank(model, sims: torch.Tensor, k: int, query_is_image: bool, text_embeds
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False, rerank_score: str = "itm", tokenization: str = "ours") -> dict[str, dict[str, float]]:
-    """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only when the model has an ITM head).
+def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False, rerank_score: str = "itm", tokenization: str = "ours", rerank: bool = True, head: str = "itm") -> dict[str, dict[str, float]]:
+    """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only with ``rerank``).
 
-    ``rerank_score``: ``itm`` ranks the top k by the ITM "match" logit (official ALBEF);
-    ``itm+itc`` by that logit plus the ITC cosine (LAVIS). ``tokenization``: ``ours`` or
-    ``official`` (``[CLS]`` + words, no ``[SEP]``), as in training (``data.tokenization``).
+    ``rerank``: re-rank each query's ITC top ``k_test`` with the model's ITM head
+    ``model.heads.<head>`` (an error if the model has none). ``rerank_score``: ``itm``
+    ranks by the ITM "match" logit (official ALBEF); ``itm+itc`` by that logit plus the
+    ITC cosine (LAVIS). ``tokenization``: ``ours`` or ``official`` (``[CLS]`` + words, no
+    ``[SEP]``), as in training (``data.tokenization``).
     """
     if rerank_score not in ("itm", "itm+itc"):
-        raise ValueError(f"eval.rerank_score must be 'itm' or 'itm+itc', got {rerank_score!r}")
+        raise ValueError(f"rerank_score must be 'itm' or 'itm+itc', got {rerank_score!r}")
+    if rerank:
+        model.head(head)  # asks for the ITM head explicitly: a model without one is an error here, not a silent ITC-only run
     add_itc = rerank_score == "itm+itc"
     was_training = model.training
     model.eval()
@@ -118,15 +128,85 @@ def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int =
         image_embeds, image_feat = torch.stack(image_embeds), torch.stack(image_feat)
         sims = image_feat @ text_feat.t()  # [N_i, N_t], cosine (no temperature), as the official code
         results = {"retrieval_itc": retrieval_metrics(sims, sims.t(), dataset.txt2img, dataset.img2txt)}
-        if model.itm_head is not None:
-            s_i2t = _rerank(model, sims, k_test, True, text_embeds, text_mask, image_embeds, pair_batch, autocast, add_itc)
-            s_t2i = _rerank(model, sims.t().contiguous(), k_test, False, text_embeds, text_mask, image_embeds, pair_batch, autocast, add_itc)
+        if rerank:
+            s_i2t = _rerank(model, sims, k_test, True, text_embeds, text_mask, image_embeds, pair_batch, autocast, add_itc, head)
+            s_t2i = _rerank(model, sims.t().contiguous(), k_test, False, text_embeds, text_mask, image_embeds, pair_batch, autocast, add_itc, head)
             results["retrieval"] = retrieval_metrics(s_i2t, s_t2i, dataset.txt2img, dataset.img2txt)
-        else:
-            logger.warning("The model has no ITM head (ITM objective off): reporting ITC retrieval only")
     finally:
         model.train(was_training)
     return results
+
+
+class RetrievalEvaluator(Evaluator):
+    """Image-text retrieval on a split in the official format (``RetrievalEvalJSON``).
+
+    Metrics: ``<prefix>/{txt_r1, txt_r5, txt_r10, img_r1, img_r5, img_r10, txt_r_mean,
+    img_r_mean, r_mean}`` ranked by ITC then re-ranked by ITM, and the same under
+    ``<prefix>_itc/`` for the ITC similarities alone.
+
+    Args:
+        split: ``data.<split>`` to evaluate (``test`` or ``val``).
+        prefix: metric prefix (default: the config key under ``eval``).
+        batch_size: images per encoder forward.
+        k_test: candidates per query re-ranked by ITM (official: 256 COCO, 128 Flickr30K).
+        itm_batch_size: (text, image) pairs per fusion forward when re-ranking.
+        max_tokens: caption length (official evaluation: 30, padded to it).
+        rerank: re-rank with the ITM head (``false``: ITC only, for models without one).
+        rerank_score: ``itm`` (official) or ``itm+itc`` (LAVIS).
+        head: key of the ITM head in ``model.heads``.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: Any,
+        loader_fn: LoaderFn,
+        tokenizer: Any,
+        prefix: str,
+        split: str = "test",
+        batch_size: int = 64,
+        k_test: int = 256,
+        itm_batch_size: int = 256,
+        max_tokens: int = 30,
+        rerank: bool = True,
+        rerank_score: str = "itm",
+        head: str = "itm",
+        tokenization: str = "ours",
+        device: torch.device | str = "cpu",
+        amp: bool = False,
+    ):
+        super().__init__(dataset=dataset, prefix=prefix, split=split, device=device, amp=amp)
+        if not hasattr(dataset, "txt2img") or not hasattr(dataset, "img2txt"):
+            raise ValueError(f"eval.{prefix}: RetrievalEvaluator needs a retrieval split (RetrievalEvalJSON), got {type(dataset).__name__}")
+        if rerank_score not in ("itm", "itm+itc"):
+            raise ValueError(f"eval.{prefix}.rerank_score must be 'itm' or 'itm+itc', got {rerank_score!r}")
+        if k_test < 1:
+            raise ValueError(f"eval.{prefix}.k_test must be >= 1, got {k_test}")
+        self.loader_fn, self.tokenizer = loader_fn, tokenizer
+        self.batch_size, self.k_test, self.itm_batch_size, self.max_tokens = batch_size, k_test, itm_batch_size, max_tokens
+        self.rerank, self.rerank_score, self.head, self.tokenization = rerank, rerank_score, head, tokenization
+
+    def check(self, model) -> None:
+        if self.rerank and not model.has_head(self.head):
+            raise ValueError(
+                f"eval.{self.prefix}: re-ranking needs the model's ITM head (model.heads.{self.head}), and this model has "
+                f"none (is model.objectives.itm off?). Set eval.{self.prefix}.rerank=false to evaluate ITC retrieval only."
+            )
+
+    def evaluate(self, model) -> dict[str, float]:
+        self.check(model)
+        res = evaluate_retrieval(
+            model, self.dataset, self.loader_fn(self.dataset, self.batch_size), self.tokenizer, k_test=self.k_test,
+            max_tokens=self.max_tokens, pair_batch=self.itm_batch_size, device=self.device, amp=self.amp,
+            rerank_score=self.rerank_score, tokenization=self.tokenization, rerank=self.rerank, head=self.head,
+        )
+        out = {f"{self.prefix}_itc/{k}": v for k, v in res["retrieval_itc"].items()}
+        if "retrieval" in res:
+            out.update({f"{self.prefix}/{k}": v for k, v in res["retrieval"].items()})
+        return out
+
+    def describe(self) -> str:
+        return f"retrieval on data.{self.split} ({len(self.dataset)} images, {len(self.dataset.text)} captions)"
 
 
 def format_results_table(results: dict[str, dict[str, float]]) -> str:

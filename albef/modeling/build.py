@@ -1,4 +1,5 @@
-"""``build_model(cfg, tokenizer)``: the meta-architecture named by ``cfg.model.name``."""
+"""``build_model(cfg, tokenizer)``: the meta-architecture named by ``cfg.model.name``,
+then the public-weight initialisation pass."""
 from __future__ import annotations
 
 import logging
@@ -23,20 +24,33 @@ def tokenizer_kwargs(tokenizer: Any) -> dict[str, Any]:
 
 
 def build_model(cfg: DictConfig, tokenizer: Any = None, public_init: bool | None = None):
-    """``public_init``: initialise the encoders from their ``pretrained`` public weights
-    (DeiT / BERT). Default: yes, unless ``model.weights`` is set and loads strictly: its
-    checkpoint then replaces every weight anyway (so evaluating a checkpoint needs neither
-    the network nor the init files)."""
+    """The model of ``cfg.model``.
+
+    ``public_init``: initialise the encoders from their ``pretrained`` public weights
+    (``model.vision_encoder.pretrained`` / ``model.text_encoder.pretrained``: DeiT / BERT),
+    one pass over the built model (:func:`albef.modeling.pretrained.initialize_public_weights`).
+    Default: yes, unless ``model.weights`` is set and loads strictly: its checkpoint then
+    replaces every weight anyway (so evaluating a checkpoint needs neither the network nor
+    the init files).
+    """
     node = OmegaConf.to_container(cfg.model, resolve=True)
     weights = node.pop("weights", None)  # loading is the checkpointer's job
     strict = node.pop("weights_strict", True)
     if public_init is None:  # a partial (non-strict) load keeps what the public weights gave the rest
         public_init = not weights or not strict
-    if not public_init:
-        for key in ("vision_encoder", "text_encoder"):
-            sub = node.get(key)
-            if isinstance(sub, dict) and sub.get("pretrained"):
-                logger.info("model.%s.pretrained=%s skipped: model.weights=%s replaces every weight", key, sub["pretrained"], weights)
-                sub["pretrained"] = None
+    sources = {}
+    for key in ("vision_encoder", "text_encoder"):
+        sub = node.get(key)
+        if isinstance(sub, dict) and "pretrained" in sub:
+            src = sub.pop("pretrained")
+            if src and not public_init:
+                logger.info("model.%s.pretrained=%s skipped: model.weights=%s replaces every weight", key, src, weights)
+            elif src:
+                sources[key] = src
     extra = tokenizer_kwargs(tokenizer) if tokenizer is not None else {}
-    return build_component(META_ARCH_REGISTRY, node, where="model", **extra)
+    model = build_component(META_ARCH_REGISTRY, node, where="model", **extra)
+    if sources:
+        from albef.modeling.pretrained import initialize_public_weights
+
+        initialize_public_weights(model, vision=sources.get("vision_encoder"), text=sources.get("text_encoder"))
+    return model

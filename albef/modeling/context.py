@@ -1,23 +1,30 @@
-"""What one training step knows, handed to every objective."""
+"""What one step knows, handed to every objective (and to the evaluators' forward passes).
+
+Objectives never see the model. They get a :class:`StepContext`: the batch, the online
+(and, on request, teacher) encodings of it, computed lazily and cached, and a few narrow
+callables (:class:`EncodeFns`): encode an image or a text, fuse a text with visual
+tokens, look a head up -- each with ``teacher=True`` to run the same function on the
+momentum teacher's weights.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from albef.modeling.meta_arch.albef import ALBEF
+from albef.modeling.fusion.visual import VisualInput
 
 
 @dataclass
 class TeacherOutput:
-    """Targets from the teacher for one batch (all without gradient).
+    """Contrastive targets from the teacher for one batch (all without gradient).
 
     image_feat_m, text_feat_m: [B, E] momentum (or detached online) features.
     image_feat_all, text_feat_all: [B + Q, E] = batch features then the queue.
     idx_all: [B + Q] image ids (-100 = unknown) or None when the batch has no ids.
-    image_embeds_m: [B, 1+N, Dv] momentum image tokens, or None (no teacher model).
+    image_embeds_m: [B, 1+N, Dv] momentum image tokens, or None (see ``StepContext.image``).
     alpha: distillation weight for this step (0 = no distillation).
     """
 
@@ -31,26 +38,150 @@ class TeacherOutput:
 
 
 @dataclass
-class StepContext:
-    """Online outputs of one batch plus lazily computed, cached similarities.
+class EncodeFns:
+    """The model's functions an objective may call (each takes ``teacher=False``; with
+    ``teacher=True`` it runs on the momentum teacher's weights, without gradient).
 
-    image_embeds [B, 1+N, Dv], text_embeds [B, L, H], image_feat/text_feat [B, E]
-    (L2-normalised), temp: 0-dim learnable temperature.
+    encode_image(image [B, 3, H, W]) -> (tokens [B, 1+N, Dv], feature [B, E] or None)
+    encode_text(ids [B, L], mask [B, L]) -> (hidden [B, L, H], feature [B, E] or None)
+    encode_visual(images [B, 3, H, W] or [B, K, 3, H, W]) -> VisualInput (K token sets)
+    fuse(text [B, L, H], mask [B, L], visual: VisualInput) -> [B, L, H]
+    head(key) -> the head ``model.heads.<key>`` (raises if the model has none); with
+        ``teacher=True`` its EMA copy, or None when the teacher keeps none.
     """
 
-    model: "ALBEF"
-    batch: dict[str, Any]
-    image_embeds: torch.Tensor
-    text_embeds: torch.Tensor
-    image_feat: torch.Tensor
-    text_feat: torch.Tensor
-    temp: torch.Tensor
-    teacher: TeacherOutput
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
-    _cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    encode_image: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    encode_text: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    encode_visual: Callable[..., VisualInput]
+    fuse: Callable[..., torch.Tensor]
+    head: Callable[..., nn.Module | None]
+
+
+class StepContext:
+    """Online outputs of one batch plus lazily computed, cached encodings and similarities.
+
+    ``image(teacher)`` (tokens [B, 1+N, Dv], feature [B, E]), ``text(teacher)`` (hidden
+    [B, L, H], feature [B, E]), ``visual(teacher)`` (a :class:`VisualInput`) and
+    ``fused(teacher)`` ([B, L, H]: the batch's texts fused with its images) are computed
+    on first use; ``image_embeds``/``image_feat``/``text_embeds``/``text_feat`` are the
+    online ones. ``teacher`` is the :class:`TeacherOutput` (momentum features and queue),
+    also computed on first use. ``temp``: 0-dim learnable temperature (None when the
+    model has no projections); ``alpha``: this step's distillation weight.
+
+    Precomputed values may be given to the constructor (tests, objectives without a model).
+    """
+
+    def __init__(
+        self,
+        batch: dict[str, Any],
+        fns: EncodeFns | None = None,
+        *,
+        temp: torch.Tensor | None = None,
+        alpha: float | None = None,
+        teacher_fn: Callable[["StepContext"], TeacherOutput] | None = None,
+        teacher: TeacherOutput | None = None,
+        image_embeds: torch.Tensor | None = None,
+        image_feat: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        text_feat: torch.Tensor | None = None,
+    ):
+        self.batch = batch
+        self.fns = fns
+        self.temp = temp
+        self.alpha = float(teacher.alpha if alpha is None and teacher is not None else (alpha or 0.0))
+        self._teacher_fn = teacher_fn
+        self.stats: dict[str, torch.Tensor] = {}
+        self._cache: dict[Any, Any] = {}
+        if image_embeds is not None or image_feat is not None:
+            self._cache[("image", False)] = (image_embeds, image_feat)
+        if text_embeds is not None or text_feat is not None:
+            self._cache[("text", False)] = (text_embeds, text_feat)
+        if teacher is not None:
+            self._cache["teacher"] = teacher
+
+    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def _need_fns(self) -> EncodeFns:
+        if self.fns is None:
+            raise RuntimeError("this StepContext has no model functions (built from precomputed tensors only)")
+        return self.fns
+
+    # ------------------------------------------------------------------ the batch's encodings
+    def image(self, teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens [B, 1+N, Dv], normalised feature [B, E] or None) of ``batch['image']``."""
+        return self._cached(("image", teacher), lambda: self._need_fns().encode_image(self.batch["image"], teacher=teacher))
+
+    def text(self, teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden [B, L, H], normalised feature [B, E] or None) of the batch's texts."""
+        return self._cached(
+            ("text", teacher),
+            lambda: self._need_fns().encode_text(self.batch["input_ids"], self.batch["attention_mask"], teacher=teacher),
+        )
+
+    def visual(self, teacher: bool = False) -> VisualInput:
+        """The batch's images as fusion input: one token set, or K for [B, K, 3, H, W] images."""
+        def compute() -> VisualInput:
+            img = self.batch.get("image")
+            if img is None or img.dim() == 4:  # one image per text: reuse its encoding
+                return VisualInput.of(self.image(teacher)[0])
+            return self._need_fns().encode_visual(img, teacher=teacher)
+        return self._cached(("visual", teacher), compute)
+
+    def fused(self, teacher: bool = False) -> torch.Tensor:
+        """[B, L, H]: the batch's texts fused with its own images."""
+        return self._cached(("fused", teacher), lambda: self.fuse(self.text(teacher)[0], self.attention_mask, self.visual(teacher), teacher=teacher))
 
     @property
+    def image_embeds(self) -> torch.Tensor:
+        return self.image()[0]
+
+    @property
+    def image_feat(self) -> torch.Tensor:
+        return self.image()[1]
+
+    @property
+    def text_embeds(self) -> torch.Tensor:
+        return self.text()[0]
+
+    @property
+    def text_feat(self) -> torch.Tensor:
+        return self.text()[1]
+
+    @property
+    def teacher(self) -> TeacherOutput:
+        """Momentum features and queue (computed by the teacher on first use)."""
+        if "teacher" not in self._cache:
+            if self._teacher_fn is None:
+                raise RuntimeError("this StepContext has no teacher")
+            self._cache["teacher"] = self._teacher_fn(self)
+        return self._cache["teacher"]
+
+    @property
+    def teacher_computed(self) -> bool:
+        return "teacher" in self._cache
+
+    # ------------------------------------------------------------------ narrow model functions
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, teacher: bool = False):
+        return self._need_fns().encode_text(input_ids, attention_mask, teacher=teacher)
+
+    def encode_image(self, image: torch.Tensor, teacher: bool = False):
+        return self._need_fns().encode_image(image, teacher=teacher)
+
+    def fuse(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput | torch.Tensor, teacher: bool = False) -> torch.Tensor:
+        return self._need_fns().fuse(text_embeds, text_mask, VisualInput.of(visual), teacher=teacher)
+
+    def head(self, key: str, teacher: bool = False) -> nn.Module | None:
+        return self._need_fns().head(key, teacher=teacher)
+
+    # ------------------------------------------------------------------ batch facts
+    @property
     def batch_size(self) -> int:
+        ids = self.batch.get("input_ids")
+        if ids is not None:
+            return ids.shape[0]
         return self.image_feat.shape[0]
 
     @property
@@ -64,13 +195,9 @@ class StepContext:
     @property
     def sim_i2t(self) -> torch.Tensor:
         """[B, B+Q]: online image features vs teacher text features + queue, / temp (float32)."""
-        if "sim_i2t" not in self._cache:
-            self._cache["sim_i2t"] = self.image_feat.float() @ self.teacher.text_feat_all.float().t() / self.temp
-        return self._cache["sim_i2t"]
+        return self._cached("sim_i2t", lambda: self.image_feat.float() @ self.teacher.text_feat_all.float().t() / self.temp)
 
     @property
     def sim_t2i(self) -> torch.Tensor:
         """[B, B+Q]: online text features vs teacher image features + queue, / temp (float32)."""
-        if "sim_t2i" not in self._cache:
-            self._cache["sim_t2i"] = self.text_feat.float() @ self.teacher.image_feat_all.float().t() / self.temp
-        return self._cache["sim_t2i"]
+        return self._cached("sim_t2i", lambda: self.text_feat.float() @ self.teacher.image_feat_all.float().t() / self.temp)

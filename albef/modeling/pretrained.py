@@ -1,11 +1,18 @@
-"""Initialisation from public weights: a timm ViT (local file or timm name) and a
-transformers BERT (name or local directory), split the way the paper does.
+"""Initialisation from public weights, one model-level pass after the model is built:
+a timm ViT (local file or timm name) and a transformers BERT (name or local directory),
+split the way the paper does.
 
-BERT layers ``[0, n_text)`` (and the embeddings) initialise the text encoder, layers
-``[n_text, n_text + n_fusion)`` the fusion blocks' self-attention and feed-forward
-(their cross-attention has no BERT counterpart and keeps its fresh initialisation),
-and ``cls.predictions`` the MLM head. A source that cannot be found or read is an
-error naming the config key, never a silent random initialisation.
+The BERT state dict is read as the text part of an official ALBEF checkpoint
+(``text_encoder.bert.*``, ``text_encoder.cls.predictions.*``) and goes through the same
+key maps as every checkpoint (:func:`albef.checkpoint.official.official_to_ours_keys`,
+then :func:`albef.checkpoint.adapt.adapt_state_dict`): BERT layers ``[0, n_text)`` (and
+the embeddings) initialise the text encoder, layers ``[n_text, n_text + n_fusion)`` the
+fusion blocks' self-attention and feed-forward (their cross-attention has no BERT
+counterpart and keeps its fresh initialisation), ``cls.predictions`` the MLM head, and a
+component that declares a ``weight_map`` (NLVR2's two-image fusion) receives its
+layers the way it declares. The momentum teacher then copies the result. A source that
+cannot be found or read is an error naming the config key, never a silent random
+initialisation.
 """
 from __future__ import annotations
 
@@ -97,89 +104,71 @@ def _check_config(config: Any, text_config: Any, where: str, source: str) -> Non
         raise ComponentError(f"{where}: BERT '{source}' does not match model.text_encoder.config: " + "; ".join(bad))
 
 
-def split_bert_state(sd: Mapping[str, torch.Tensor], n_text: int) -> tuple[dict, list[dict], dict, list[str]]:
-    """-> (text-encoder state for ``BertModel`` with ``n_text`` layers, per-layer states of the
-    remaining layers in order, MLM-head state, dropped keys)."""
-    text, rest, head, dropped = {}, {}, {}, []
-    for k, v in sd.items():
-        if k.startswith("bert.embeddings."):
-            text[k[len("bert."):]] = v
-        elif k.startswith("bert.encoder.layer."):
-            idx, tail = k[len("bert.encoder.layer."):].split(".", 1)
-            if int(idx) < n_text:
-                text[k[len("bert."):]] = v
-            else:
-                rest.setdefault(int(idx) - n_text, {})[tail] = v
-        elif k.startswith("cls.predictions."):
-            tail = k[len("cls.predictions."):]
-            if tail == "decoder.weight":
-                dropped.append(k)  # tied to the word embeddings, loaded there
-            elif tail == "decoder.bias":
-                dropped.append(k)  # the same tensor as cls.predictions.bias
-            else:
-                head[tail] = v
-        else:
-            dropped.append(k)  # pooler, NSP head, position_ids buffers
-    layers = [rest[i] for i in sorted(rest)]
-    return text, layers, head, dropped
+def init_bert_weights(model: nn.Module, source: str, where: str = "model.text_encoder.pretrained") -> None:
+    """BERT ``source`` -> the text encoder, the fusion blocks (self-attention + FFN) and the MLM head."""
+    from albef.checkpoint.adapt import adapt_state_dict
+    from albef.checkpoint.official import official_to_ours_keys
 
-
-def init_text_encoder_from_bert(encoder: nn.Module, source: str, where: str = "model.text_encoder.pretrained") -> dict[str, Any]:
-    """Load embeddings + the first layers into ``encoder.bert``; return what is left for the
-    fusion blocks and the MLM head (``{'layers': [...], 'mlm_head': {...}, 'source': ...}``)."""
     sd, config = load_bert_state(source, where)
+    encoder = model.text_encoder
     _check_config(config, encoder.config, where, source)
     n_text = encoder.config.num_hidden_layers
-    text, layers, head, dropped = split_bert_state(sd, n_text)
-    own = encoder.bert.state_dict()
-    bad = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in text.items() if k in own and v.shape != own[k].shape)
+    ours, _, _ = official_to_ours_keys({f"text_encoder.{k}": v for k, v in sd.items()}, n_text=n_text)
+    adapted, report = adapt_state_dict(ours, model)
+    loaded = {t for _, t in report.mapped}
+    loaded |= {t for t, why in report.filled if why.startswith("tied to") and any(t.startswith(p) for p in ("heads.",))}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
+    bad = [f"{s}: checkpoint {list(a)} vs model {list(b)}" for s, _, a, b in report.mismatched]
     if bad:
-        raise ComponentError(f"{where}: BERT '{source}' does not fit model.text_encoder: " + "; ".join(bad[:10]))
-    text = {k: v for k, v in text.items() if k in own}
-    missing, _ = encoder.bert.load_state_dict(text, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing:
-        raise ComponentError(f"{where}: BERT '{source}' lacks text-encoder weights {missing[:10]} (it has {config.num_hidden_layers} layers)")
-    logger.info("Text encoder initialised from BERT '%s': embeddings + layers 0-%d", source, n_text - 1)
-    return {"layers": layers, "mlm_head": head, "source": source, "n_text": n_text, "dropped": dropped}
-
-
-def init_fusion_from_bert(fusion: nn.Module, leftover: Mapping[str, Any], where: str = "model.text_encoder.pretrained") -> None:
-    """BERT layers ``n_text + i`` -> ``fusion.layer[i]`` self-attention and FFN; cross-attention untouched."""
-    layers, n_text, source = leftover["layers"], leftover["n_text"], leftover["source"]
-    blocks = getattr(fusion, "layer", None)
-    if blocks is None:
-        raise ComponentError(f"{where}: the fusion component {type(fusion).__name__} has no BERT-style 'layer' list to initialise")
-    if len(layers) < len(blocks):
-        raise ComponentError(
-            f"{where}: BERT '{source}' has {n_text + len(layers)} layers; the text encoder takes {n_text} and "
-            f"model.fusion.num_layers={len(blocks)} needs {len(blocks)} more"
-        )
-    for i, block in enumerate(blocks):
-        own = block.state_dict()
-        state = {k: v for k, v in layers[i].items() if not k.startswith("crossattention.")}
-        bad = [f"layer {n_text + i}.{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
-        if bad:
-            raise ComponentError(f"{where}: BERT '{source}' does not fit the fusion blocks: " + "; ".join(bad[:10]))
-        missing, unexpected = block.load_state_dict(state, strict=False)
-        not_cross = [k for k in missing if not k.startswith("crossattention.")]
-        if not_cross or unexpected:
-            raise ComponentError(f"{where}: BERT layer {n_text + i} does not map onto fusion layer {i}: missing {not_cross}, unexpected {unexpected}")
-    extra = len(layers) - len(blocks)
+        raise ComponentError(f"{where}: BERT '{source}' does not fit the model: " + "; ".join(bad[:10]))
+    lacking = [k for k in own if k.startswith("text_encoder.") and k not in loaded and not k.endswith("position_ids")]
+    if lacking:
+        raise ComponentError(f"{where}: BERT '{source}' lacks text-encoder weights {lacking[:10]} (it has {config.num_hidden_layers} layers)")
+    fusion_keys = [k for k in own if k.startswith("fusion.") and ".crossattention." not in k]
+    if fusion_keys:
+        n_fusion = len(getattr(model.fusion, "layer", []))
+        if not all(k in loaded for k in fusion_keys):
+            raise ComponentError(
+                f"{where}: BERT '{source}' has {config.num_hidden_layers} layers; the text encoder takes {n_text} and "
+                f"model.fusion.num_layers={n_fusion} needs {n_fusion} more"
+            )
+    take = {k: v for k, v in adapted.items() if k in loaded and not k.startswith("teacher.")}
+    model.load_state_dict(take, strict=False)
+    has_mlm = any(k.startswith("heads.mlm.") for k in take)
     logger.info(
-        "Fusion initialised from BERT '%s': layers %d-%d -> self-attention + FFN of fusion layers 0-%d; cross-attention fresh%s",
-        source, n_text, n_text + len(blocks) - 1, len(blocks) - 1, f"; {extra} BERT layer(s) beyond them unused" if extra else "",
+        "Initialised from BERT '%s': embeddings + layers 0-%d -> text encoder; the next layers -> fusion self-attention + FFN "
+        "(cross-attention fresh)%s",
+        source, n_text - 1, "; cls.predictions -> MLM head" if has_mlm else "",
     )
 
 
-def init_mlm_head_from_bert(head: nn.Module, leftover: Mapping[str, Any], where: str = "model.text_encoder.pretrained") -> None:
-    """``cls.predictions.{transform.*, bias}`` -> the MLM head (its decoder is the tied word embeddings)."""
-    state = dict(leftover["mlm_head"])
-    if not state:
-        logger.info("BERT '%s' has no MLM head (cls.predictions): the MLM head keeps its fresh initialisation", leftover["source"])
-        return
-    missing, unexpected = head.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "decoder.weight"]
-    if missing or unexpected:
-        raise ComponentError(f"{where}: BERT '{leftover['source']}' MLM head does not fit: missing {missing}, unexpected {unexpected}")
-    logger.info("MLM head initialised from BERT '%s' (cls.predictions)", leftover["source"])
+def init_vit_weights(model: nn.Module, source: str, where: str = "model.vision_encoder.pretrained") -> None:
+    """A local DeiT/timm file, or ``timm`` (timm's weights for the encoder's ``model_name``) -> the ViT."""
+    enc = model.vision_encoder
+    vit = getattr(enc, "vit", None)
+    if vit is None:
+        raise ComponentError(f"{where}: the vision encoder {type(enc).__name__} has no public-weight mapping (a timm ViT is expected)")
+    if source == "timm":
+        import timm
+
+        name = getattr(enc, "model_name", None)
+        try:  # timm's weights at their own resolution, then the same loading (and resampling) as a local file
+            src = timm.create_model(name, pretrained=True, num_classes=0, global_pool="", **getattr(enc, "model_kwargs", {}))
+        except Exception as e:  # download failures (offline, no weights for this name)
+            raise ComponentError(
+                f"{where}=timm: could not get timm's weights for '{name}' (offline? give a local file instead): {type(e).__name__}: {e}"
+            ) from e
+        load_vit_weights(vit, src.state_dict(), where=where, label=f"timm:{name}")
+    else:
+        load_vit_weights(vit, source, where=where)
+
+
+def initialize_public_weights(model: nn.Module, vision: str | None = None, text: str | None = None) -> None:
+    """The paper's initialisation (DeiT ViT, BERT split text/fusion/MLM head), then the teacher copies it."""
+    if vision:
+        init_vit_weights(model, vision)
+    if text:
+        init_bert_weights(model, text)
+    teacher = getattr(model, "teacher", None)
+    if (vision or text) and teacher is not None:
+        teacher.reset(model)

@@ -70,8 +70,8 @@ def albef_register_datasets(register):
     from albef.data.datasets.pretrain_json import PretrainJSON
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
 
-    register(PretrainJSON)
-    register(RetrievalEvalJSON)
+    for cls in (PretrainJSON, RetrievalEvalJSON):
+        register(cls)
 
 
 @hookimpl
@@ -79,5 +79,26 @@ def albef_register_heads(register):
     from albef.modeling.heads.itm_head import ITMHead
     from albef.modeling.heads.mlm_head import MLMHead
 
-    register(ITMHead)
-    register(MLMHead)
+    for cls in (ITMHead, MLMHead):
+        register(cls)
+
+
+@hookimpl
+def albef_register_collators(register):
+    from albef.data.collate import ImageTextCollator
+
+    register(ImageTextCollator)
+
+
+@hookimpl
+def albef_register_evaluators(register):
+    from albef.evaluation.retrieval import RetrievalEvaluator
+
+    register(RetrievalEvaluator)
+
+
+@hookimpl
+def albef_register_trainers(register):
+    from albef.engine.defaults import DefaultTrainer
+
+    register(DefaultTrainer)

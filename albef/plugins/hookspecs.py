@@ -30,6 +30,9 @@ FAMILY_HOOKS: dict[str, str] = {
     "teacher": "albef_register_teachers",
     "dataset": "albef_register_datasets",
     "head": "albef_register_heads",
+    "collator": "albef_register_collators",
+    "evaluator": "albef_register_evaluators",
+    "trainer": "albef_register_trainers",
 }
 
 
@@ -50,7 +53,8 @@ def albef_register_text_encoders(register):
 
 @hookspec
 def albef_register_fusion_blocks(register):
-    """Register fusion encoders: ``forward(text [B,L,H], mask [B,L], image [B,N,Dv]) -> [B,L,H]``."""
+    """Register fusion encoders: ``forward(text [B,L,H], mask [B,L], visual: VisualInput) -> [B,L,H]``
+    (``albef.modeling.fusion.visual.VisualInput``: one or more visual token sets with masks)."""
 
 
 @hookspec
@@ -70,7 +74,25 @@ def albef_register_datasets(register):
 
 @hookspec
 def albef_register_heads(register):
-    """Register task heads."""
+    """Register task heads (``model.heads.<key>``): modules on fused states; attribute
+    ``momentum`` says whether the momentum teacher keeps an EMA copy."""
+
+
+@hookspec
+def albef_register_collators(register):
+    """Register collators (``data.collator``): list of samples -> batch dict, tokenising in workers."""
+
+
+@hookspec
+def albef_register_evaluators(register):
+    """Register evaluators (``eval.<key>``): ``evaluate(model) -> {metric: value}`` on a split
+    (see ``albef.evaluation.base.Evaluator``)."""
+
+
+@hookspec
+def albef_register_trainers(register):
+    """Register trainers (``train.trainer``): subclasses of ``albef.engine.DefaultTrainer``
+    overriding its ``build_*`` class methods."""
 
 
 @hookspec

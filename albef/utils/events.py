@@ -11,7 +11,6 @@ import datetime
 import json
 import logging
 import os
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -206,11 +205,15 @@ class CommonMetricPrinter(EventWriter):
         self.logger.info("  ".join(p for p in parts if p))
 
 
-def append_metrics(json_file: str, results: dict[str, dict[str, float]], iteration: int | None = None) -> None:
-    """Append one ``metrics.json`` line of ``{prefix}/{metric}`` values (e.g. from ``--eval-only``)."""
+def append_metrics(json_file: str, results: dict[str, Any], iteration: int | None = None) -> None:
+    """Append one ``metrics.json`` line of ``{prefix}/{metric}`` values (e.g. from ``--eval-only``):
+    a flat ``{"prefix/metric": value}`` dict, or nested ``{prefix: {metric: value}}``."""
     row: dict[str, Any] = {"iteration": iteration}
     for prefix, metrics in results.items():
-        for k, v in metrics.items():
-            row[f"{prefix}/{k}"] = v
+        if isinstance(metrics, dict):
+            for k, v in metrics.items():
+                row[f"{prefix}/{k}"] = v
+        else:
+            row[prefix] = metrics
     with PathManager.open(json_file, "a") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -31,15 +31,14 @@ class BertTextEncoder(nn.Module):
             tokenizer's size.
         position_init: ``random`` (BERT's initialisation) or ``sincos`` (1-D sine-cosine
             values, still learnable), for models trained from scratch.
-        pretrained: ``null`` (random), or a transformers model name (``bert-base-uncased``,
-            from the Hugging Face cache or network) or a local directory written by
-            ``save_pretrained``. Embeddings and layers ``[0, num_layers)`` load here; the
-            model builder hands the remaining layers to the fusion blocks and
-            ``cls.predictions`` to the MLM head (see :mod:`albef.modeling.pretrained`).
         vocab_size, pad_token_id: supplied by the builder from the tokenizer.
+
+    Public weights (``model.text_encoder.pretrained``: a BERT name or directory) are loaded
+    by the model-level initialisation pass, :mod:`albef.modeling.pretrained`: embeddings and
+    layers ``[0, num_layers)`` here, the remaining layers into the fusion blocks.
     """
 
-    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0, position_init: str = "random", pretrained: str | None = None):
+    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0, position_init: str = "random"):
         super().__init__()
         fields = dict(config or {})
         cfg_vocab = fields.pop("vocab_size", None)
@@ -68,13 +67,6 @@ class BertTextEncoder(nn.Module):
                 table.copy_((sincos * (bert_cfg.initializer_range / sincos.std())).to(table.dtype))
         elif position_init != "random":
             raise ValueError(f"model.text_encoder.position_init must be 'random' or 'sincos', got {position_init!r}")
-        # What the BERT checkpoint holds beyond this encoder (fusion layers, MLM head); the
-        # model builder consumes it and deletes it. Not a module attribute: never saved.
-        self.pretrained_leftover: dict[str, Any] | None = None
-        if pretrained:  # replaces every weight above, the position table included
-            from albef.modeling.pretrained import init_text_encoder_from_bert
-
-            self.pretrained_leftover = init_text_encoder_from_bert(self, pretrained)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.bert.embeddings.word_embeddings

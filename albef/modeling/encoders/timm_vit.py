@@ -7,7 +7,6 @@ import timm
 import torch
 from torch import nn
 
-from albef.registry import ComponentError
 
 
 
@@ -25,13 +24,12 @@ class TimmViT(nn.Module):
         pos_embed_init: ``random`` (timm's initialisation) or ``sincos`` (2-D sine-cosine
             values, still learnable): a model trained from scratch then knows where each
             patch is from the first step, as a pretrained ViT does.
-        pretrained: ``null`` (random), a local weights file (``.pth``/``.bin``/``.safetensors``,
-            e.g. DeiT's ``deit_base_patch16_224-b5f2ef4d.pth`` as the paper uses), or ``timm``
-            to download ``model_name``'s weights through timm (needs network or timm's cache).
-            The positional embedding is resampled to ``img_size``; a missing file is an error.
+
+    Public weights (``model.vision_encoder.pretrained``: a local DeiT/timm file or ``timm``)
+    are loaded by the model-level initialisation pass, :mod:`albef.modeling.pretrained`.
     """
 
-    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random", pretrained: str | None = None):
+    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random"):
         super().__init__()
         kwargs = dict(model_kwargs or {})
         try:
@@ -40,29 +38,14 @@ class TimmViT(nn.Module):
             )
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"timm could not build '{model_name}' with img_size={img_size}, {kwargs}: {e}") from e
-        if pretrained:
-            from albef.modeling.pretrained import load_vit_weights
-
-            if pretrained == "timm":
-                # timm's weights at their own resolution, then the same loading (and bicubic
-                # position resampling) as a local file
-                try:
-                    src = timm.create_model(model_name, pretrained=True, num_classes=0, global_pool="", **kwargs)
-                except Exception as e:  # download failures (offline, no weights for this name)
-                    raise ComponentError(
-                        f"model.vision_encoder.pretrained=timm: could not get timm's weights for '{model_name}' "
-                        f"(offline? give a local file instead): {type(e).__name__}: {e}"
-                    ) from e
-                load_vit_weights(self.vit, src.state_dict(), label=f"timm:{model_name}")
-            else:
-                load_vit_weights(self.vit, pretrained)
+        self.model_name, self.model_kwargs = model_name, kwargs
         if not hasattr(self.vit, "forward_features") or not hasattr(self.vit, "pos_embed"):
             raise ValueError(f"timm model '{model_name}' is not a Vision Transformer")
         self.embed_dim: int = self.vit.embed_dim
         self.img_size = img_size
         if pos_embed_init not in ("random", "sincos"):
             raise ValueError(f"model.vision_encoder.pos_embed_init must be 'random' or 'sincos', got {pos_embed_init!r}")
-        if pos_embed_init == "sincos" and not pretrained:  # pretrained weights bring their own positions
+        if pos_embed_init == "sincos":  # public weights, when given, replace them afterwards
             self._init_sincos()
 
     @torch.no_grad()

@@ -10,15 +10,22 @@ Parameter names mirror a BERT layer (``attention.self.query``,
 ``crossattention.output.LayerNorm``, ``intermediate.dense``, ...), so
 ``fusion.layer.i.*`` corresponds one-to-one to ``bert.encoder.layer.{n_text + i}.*``
 of BERT and of the official ALBEF checkpoints.
+
+The visual side is a :class:`~albef.modeling.fusion.visual.VisualInput`: one token set
+(an image) or several (NLVR2's two images). With K sets, layer i cross-attends to set
+``i % K`` -- the official NLVR2 model's routing, where BERT layer l >= 6 attends to image
+``(l - 6) % 2`` -- and ``share_cross_kv`` ties the cross-attention key and value of
+layers (2k, 2k+1), as the official ``share_cross_attention``.
 """
 from __future__ import annotations
 
-import math
+from typing import Collection
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from albef.modeling.fusion.visual import VisualInput
 
 
 class _QKV(nn.Module):
@@ -97,10 +104,17 @@ class FusionLayer(nn.Module):
 
 
 class CrossAttentionFusion(nn.Module):
-    """``forward(text_embeds [B, L, H], text_mask [B, L], image_embeds [B, N, Dv], image_mask [B, N] | None) -> [B, L, H]``.
+    """``forward(text_embeds [B, L, H], text_mask [B, L], visual) -> [B, L, H]``.
+
+    ``visual`` is a :class:`VisualInput` (or a bare tensor [B, N, Dv]: one set, all tokens
+    attended).
 
     Args:
-        num_layers: fusion layers (6 in the paper: BERT layers 6-11).
+        num_layers: fusion layers (6 in the paper: BERT layers 6-11; 12 for NLVR2).
+        num_visual_inputs: how many visual token sets each forward receives (1; 2 for
+            NLVR2); layer i attends to set ``i % num_visual_inputs``.
+        share_cross_kv: layers (2k, 2k+1) share one cross-attention key and value
+            (official NLVR2 / text-assignment models); needs an even ``num_layers``.
         num_heads, intermediate_size, hidden_dropout_prob, attention_probs_dropout_prob,
         layer_norm_eps: default to the text encoder's BERT config.
         hidden_size, encoder_width, text_config: supplied by the model builder.
@@ -115,6 +129,8 @@ class CrossAttentionFusion(nn.Module):
         attention_probs_dropout_prob: float | None = None,
         layer_norm_eps: float | None = None,
         initializer_range: float | None = None,
+        num_visual_inputs: int = 1,
+        share_cross_kv: bool = False,
         hidden_size: int = 768,
         encoder_width: int = 768,
         text_config=None,
@@ -138,6 +154,16 @@ class CrossAttentionFusion(nn.Module):
             FusionLayer(hidden_size, encoder_width, heads, ffn, eps, dropout, attn_dropout) for _ in range(num_layers)
         )
         self.apply(self._init_weights)
+        if num_visual_inputs < 1:
+            raise ValueError(f"model.fusion.num_visual_inputs must be >= 1, got {num_visual_inputs}")
+        self.num_visual_inputs = int(num_visual_inputs)
+        self.share_cross_kv = bool(share_cross_kv)
+        if self.share_cross_kv:
+            if num_layers % 2:
+                raise ValueError(f"model.fusion.share_cross_kv needs an even num_layers, got {num_layers}")
+            for k in range(0, num_layers, 2):
+                a, b = self.layer[k].crossattention.self, self.layer[k + 1].crossattention.self
+                a.key, a.value = b.key, b.value  # one Linear each: both layers' keys name the same tensors
 
     def _init_weights(self, m: nn.Module) -> None:
         # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
@@ -152,10 +178,37 @@ class CrossAttentionFusion(nn.Module):
         self,
         text_embeds: torch.Tensor,
         text_mask: torch.Tensor,
-        image_embeds: torch.Tensor,
+        visual: VisualInput | torch.Tensor,
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        visual = VisualInput.of(visual, None if image_mask is None else [image_mask])
+        k = visual.num_sets
+        if k != self.num_visual_inputs:
+            raise ValueError(
+                f"the fusion encoder was built for {self.num_visual_inputs} visual input(s) per text "
+                f"(model.fusion.num_visual_inputs) but received {k}"
+            )
         x = text_embeds
-        for layer in self.layer:
-            x = layer(x, text_mask, image_embeds, image_mask)
+        for i, layer in enumerate(self.layer):
+            x = layer(x, text_mask, visual.tokens[i % k], visual.masks[i % k])
         return x
+
+    def weight_map(self, available: Collection[str]) -> dict[str, str]:
+        """How to fill this fusion from a checkpoint with another number of layers.
+
+        ``available``: the checkpoint's keys under this module (``layer.i.*``). With K visual
+        inputs and a checkpoint of ``num_layers / K`` layers, layer j takes source layer
+        ``j // K``: each pretrained fusion layer is duplicated into the K layers that
+        attend to the K images, as the official ``Pretrain_nlvr.py`` does. Otherwise
+        keys map one to one (empty dict).
+        """
+        src_layers = {int(key.split(".")[1]) for key in available if key.startswith("layer.")}
+        k, n = self.num_visual_inputs, len(self.layer)
+        if k == 1 or len(src_layers) != n // k or len(src_layers) * k != n or src_layers == set(range(n)):
+            return {}
+        out = {}
+        for key in self.state_dict():
+            if key.startswith("layer."):
+                _, j, rest = key.split(".", 2)
+                out[key] = f"layer.{int(j) // k}.{rest}"
+        return out

@@ -1,31 +1,50 @@
-"""The ALBEF model: align (ITC) unimodal features, then fuse (ITM, MLM) with cross-attention."""
+"""The ALBEF task model: the base model plus heads, objectives and a teacher.
+
+Every task of the paper is this model with other heads and objectives:
+
+============================  ===================================  ==============================
+task                          heads (``model.heads``)              objectives
+============================  ===================================  ==============================
+pretraining                   itm: ITMHead, mlm: MLMHead           ITCLoss, ITMLoss, MLMLoss
+retrieval fine-tuning         itm: ITMHead                         ITCLoss, ITMLoss
+SNLI-VE                       cls: MLPClassifierHead(3)            ClassificationLoss
+NLVR2 (two images)            cls: MLPClassifierHead(2)            ClassificationLoss
+NLVR2 text assignment         ta: LinearClassifierHead(3)          TextAssignmentLoss
+============================  ===================================  ==============================
+
+``forward(batch)`` computes the losses and nothing else; the state changes of a step
+(teacher EMA, feature queue, temperature clamp) happen in :meth:`ALBEF.after_step`,
+which the trainer calls once after the optimizer step.
+"""
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from albef.modeling.context import StepContext
+from albef.modeling.context import EncodeFns, StepContext
+from albef.modeling.meta_arch.base import ALBEFModel, build_base_components
 from albef.modeling.objectives.base import Objective
-from albef.registry import (
-    FUSION_REGISTRY,
-    OBJECTIVE_REGISTRY,
-    TEACHER_REGISTRY,
-    TEXT_ENCODER_REGISTRY,
-    VISION_ENCODER_REGISTRY,
-    build_component,
-)
+from albef.registry import HEAD_REGISTRY, OBJECTIVE_REGISTRY, TEACHER_REGISTRY, ComponentError, build_component
+
+logger = logging.getLogger("albef.modeling")
 
 
-class ALBEF(nn.Module):
+class MissingHeadError(ComponentError):
+    """A head was asked for by key and the model has none under that key."""
+
+
+class ALBEF(ALBEFModel):
     """Components are injected; :meth:`from_config` builds them from the ``model`` config node.
 
-    Training ``forward(batch)`` takes ``image`` [B, 3, H, W], ``input_ids`` and
-    ``attention_mask`` [B, L], optionally ``image_id`` [B], and returns a dict of
-    weighted scalar losses ``loss_<objective key>`` plus non-loss statistics
-    (``dropped_*``) that the trainer logs but does not optimise.
+    Training ``forward(batch)`` takes ``image`` [B, 3, H, W] (or [B, K, 3, H, W] for
+    K images per text), ``input_ids`` and ``attention_mask`` [B, L], and whatever the
+    objectives read (``image_id`` [B], ``label`` [B], ...); it returns a dict of weighted
+    scalar losses ``loss_<objective key>``, non-loss statistics (``dropped_*``) that the
+    trainer logs but does not optimise, and ``state``: what :meth:`after_step` needs
+    (the momentum features to enqueue).
     """
 
     def __init__(
@@ -36,22 +55,27 @@ class ALBEF(nn.Module):
         fusion: nn.Module,
         teacher: nn.Module,
         objectives: Mapping[str, Objective],
-        embed_dim: int = 256,
+        heads: Mapping[str, nn.Module] | None = None,
+        embed_dim: int | None = 256,
         temp: float = 0.07,
         temp_min: float = 0.001,
         temp_max: float = 0.5,
     ):
-        super().__init__()
-        self.vision_encoder = vision_encoder
-        self.text_encoder = text_encoder
-        self.fusion = fusion
-        self.vision_proj = nn.Linear(vision_encoder.embed_dim, embed_dim)
-        self.text_proj = nn.Linear(text_encoder.hidden_size, embed_dim)
-        self.temp = nn.Parameter(torch.tensor(float(temp)))
-        self.temp_min, self.temp_max = float(temp_min), float(temp_max)
+        super().__init__(
+            vision_encoder=vision_encoder, text_encoder=text_encoder, fusion=fusion,
+            embed_dim=embed_dim, temp=temp, temp_min=temp_min, temp_max=temp_max,
+        )
+        self.heads = nn.ModuleDict(dict(heads or {}))
         self.objectives = nn.ModuleDict(dict(objectives))
+        missing = sorted({k for o in self.objectives.values() for k in o.heads_used()} - set(self.heads))
+        if missing:
+            raise MissingHeadError(
+                f"the objectives use head(s) {missing} but model.heads has no such key(s) "
+                f"(configured heads: {sorted(self.heads) or 'none'})"
+            )
         self.teacher = teacher
-        self.teacher.attach(self.student_modules())
+        self.teacher.attach(self, self.momentum_paths())
+        self.fns = EncodeFns(self.encode_image, self.encode_text, self.encode_visual, self.fuse, self.head)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -63,7 +87,8 @@ class ALBEF(nn.Module):
         fusion: dict,
         teacher: dict,
         objectives: dict,
-        embed_dim: int = 256,
+        heads: dict | None = None,
+        embed_dim: int | None = 256,
         temp: float = 0.07,
         temp_min: float = 0.001,
         temp_max: float = 0.5,
@@ -72,103 +97,89 @@ class ALBEF(nn.Module):
         mask_token_id: int = 103,
         special_token_ids: Sequence[int] = (0, 101, 102),
     ) -> "ALBEF":
-        vis = build_component(VISION_ENCODER_REGISTRY, vision_encoder, where="model.vision_encoder")
-        txt = build_component(
-            TEXT_ENCODER_REGISTRY, text_encoder, where="model.text_encoder", vocab_size=vocab_size, pad_token_id=pad_token_id
-        )
-        fus = build_component(
-            FUSION_REGISTRY, fusion, where="model.fusion",
-            hidden_size=txt.hidden_size, encoder_width=vis.embed_dim, text_config=getattr(txt, "config", None),
-        )
+        base = build_base_components(vision_encoder, text_encoder, fusion, vocab_size=vocab_size, pad_token_id=pad_token_id)
+        txt = base["text_encoder"]
         word_emb = txt.get_input_embeddings().weight
-        common: dict[str, Any] = dict(
-            hidden_size=txt.hidden_size,
-            embed_dim=embed_dim,
-            word_embeddings=word_emb,
-            vocab_size=word_emb.shape[0],
-            mask_token_id=mask_token_id,
-            pad_token_id=pad_token_id,
-            special_token_ids=tuple(special_token_ids),
-            layer_norm_eps=getattr(getattr(txt, "config", None), "layer_norm_eps", 1e-12),
-        )
         objs = {}
         for key, node in (objectives or {}).items():
             if node is None:
                 continue  # switched off with model.objectives.<key>=null
-            objs[key] = build_component(OBJECTIVE_REGISTRY, node, where=f"model.objectives.{key}", **common)
+            objs[key] = build_component(
+                OBJECTIVE_REGISTRY, node, where=f"model.objectives.{key}",
+                vocab_size=word_emb.shape[0], mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                special_token_ids=tuple(special_token_ids), hidden_size=txt.hidden_size, embed_dim=embed_dim,
+            )
         if not objs:
             raise ValueError("model.objectives: every objective is switched off; nothing to train")
-        leftover = getattr(txt, "pretrained_leftover", None)
-        if leftover:  # BERT init (paper): remaining layers -> fusion, cls.predictions -> MLM head
-            from albef.modeling.pretrained import init_fusion_from_bert, init_mlm_head_from_bert
-
-            init_fusion_from_bert(fus, leftover)
-            for obj in objs.values():
-                if isinstance(getattr(obj, "mlm_head", None), nn.Module):
-                    init_mlm_head_from_bert(obj.mlm_head, leftover)
-            txt.pretrained_leftover = None
+        used = {k for o in objs.values() for k in o.heads_used()}
+        built: dict[str, nn.Module] = {}
+        for key, node in (heads or {}).items():
+            if node is None:
+                continue
+            if key not in used:  # e.g. the MLM head of a model trained without MLM
+                logger.info("model.heads.%s (%s) is not built: no objective uses it", key, node.get("name"))
+                continue
+            built[key] = build_component(
+                HEAD_REGISTRY, node, where=f"model.heads.{key}",
+                hidden_size=txt.hidden_size, word_embeddings=word_emb, vocab_size=word_emb.shape[0],
+                layer_norm_eps=getattr(getattr(txt, "config", None), "layer_norm_eps", 1e-12),
+            )
         tch = build_component(TEACHER_REGISTRY, teacher, where="model.teacher", embed_dim=embed_dim)
         return cls(
-            vision_encoder=vis, text_encoder=txt, fusion=fus, teacher=tch, objectives=objs,
+            **base, teacher=tch, objectives=objs, heads=built,
             embed_dim=embed_dim, temp=temp, temp_min=temp_min, temp_max=temp_max,
         )
 
+    def momentum_paths(self) -> list[str]:
+        """The modules the momentum teacher mirrors: the encoders, projections and fusion
+        (official: ViT, the whole BERT, projections) and every head built with
+        ``momentum: true`` (the MLM head, task classifiers; not the ITM head)."""
+        paths = [p for p in ("vision_encoder", "vision_proj", "text_encoder", "text_proj", "fusion") if self._modules.get(p) is not None]
+        return paths + [f"heads.{k}" for k, h in self.heads.items() if getattr(h, "momentum", False)]
+
     def student_modules(self) -> nn.ModuleDict:
-        """The modules the momentum teacher mirrors (official: ViT, BERT with MLM head, projections)."""
-        mods: dict[str, nn.Module] = {
-            "vision_encoder": self.vision_encoder,
-            "vision_proj": self.vision_proj,
-            "text_encoder": self.text_encoder,
-            "text_proj": self.text_proj,
-            "fusion": self.fusion,
-        }
-        for obj in self.objectives.values():
-            mods.update(obj.teacher_modules())
-        return nn.ModuleDict(mods)
+        """The student's modules the teacher mirrors, in the teacher's layout (no copy)."""
+        tree: dict[str, Any] = {}
+        for path in self.momentum_paths():
+            *parents, name = path.split(".")
+            node = tree
+            for p in parents:
+                node = node.setdefault(p, {})
+            mod: nn.Module = self
+            for p in path.split("."):
+                mod = mod._modules[p]
+            node[name] = mod
 
-    @torch.no_grad()
-    def momentum_update(self) -> None:
-        """EMA step of the teacher towards the current weights (call after optimizer.step)."""
-        self.teacher.update(self.student_modules())
+        def as_module(node):
+            return nn.ModuleDict({k: as_module(v) if isinstance(v, dict) else v for k, v in node.items()})
 
-    # ------------------------------------------------------------------ encoders
-    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image [B, 3, H, W] -> (tokens [B, 1+N, Dv], normalised feature [B, E])."""
-        embeds = self.vision_encoder(image)
-        return embeds, F.normalize(self.vision_proj(embeds[:, 0]).float(), dim=-1)
+        return as_module(tree)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids, mask [B, L] -> (hidden [B, L, H], normalised feature [B, E])."""
-        embeds = self.text_encoder(input_ids, attention_mask)
-        return embeds, F.normalize(self.text_proj(embeds[:, 0]).float(), dim=-1)
+    # ------------------------------------------------------------------ heads
+    def head(self, key: str, teacher: bool = False) -> nn.Module | None:
+        """The head ``model.heads.<key>``; raises :class:`MissingHeadError` if there is none.
+        ``teacher=True``: its EMA copy, or None when the teacher keeps none."""
+        if key not in self.heads:
+            raise MissingHeadError(
+                f"this model has no head '{key}' (model.heads.{key}); its heads: {sorted(self.heads) or 'none'} "
+                f"(a head is built only when an objective uses it)"
+            )
+        if teacher:
+            path = f"heads.{key}"
+            return self.teacher.module(path) if self.teacher.has(path) else None
+        return self.heads[key]
 
-    @property
-    def itm_head(self) -> nn.Module | None:
-        for obj in self.objectives.values():
-            head = getattr(obj, "itm_head", None)
-            if head is not None:
-                return head
-        return None
-
-    def itm_scores(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-        """Matched-class ITM logit [N] for N (text, image) pairs."""
-        head = self.itm_head
-        if head is None:
-            raise RuntimeError("this model has no ITM objective, so it has no ITM head to score pairs")
-        return head(self.fusion(text_embeds, text_mask, image_embeds)[:, 0])[:, 1].float()
+    def has_head(self, key: str) -> bool:
+        return key in self.heads
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            self.temp.clamp_(self.temp_min, self.temp_max)
-        image_embeds, image_feat = self.encode_image(batch["image"])
-        text_embeds, text_feat = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        teacher_out = self.teacher(batch, image_feat, text_feat)
-        ctx = StepContext(
-            model=self, batch=batch, image_embeds=image_embeds, text_embeds=text_embeds,
-            image_feat=image_feat, text_feat=text_feat, temp=self.temp, teacher=teacher_out,
-        )
-        out: dict[str, torch.Tensor] = {}
+    def context(self, batch: dict[str, Any]) -> StepContext:
+        """A StepContext over ``batch`` with this model's functions (also for evaluation)."""
+        return StepContext(batch, self.fns, temp=self.temp, alpha=self.teacher.current_alpha, teacher_fn=self.teacher.contrastive)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ctx = self.context(batch)
+        out: dict[str, Any] = {}
         for key, obj in self.objectives.items():
             res = obj(ctx)
             if isinstance(res, dict):
@@ -176,6 +187,28 @@ class ALBEF(nn.Module):
                     out[f"loss_{key}_{name}"] = obj.weight * value
             else:
                 out[f"loss_{key}"] = obj.weight * res
-        self.teacher.enqueue(teacher_out, batch.get("image_id"))
         out.update(ctx.stats)
+        if ctx.teacher_computed:
+            t = ctx.teacher
+            out["state"] = {"image_feat_m": t.image_feat_m, "text_feat_m": t.text_feat_m}
+            if ctx.image_ids is not None:
+                out["state"]["image_id"] = ctx.image_ids
         return out
+
+    @torch.no_grad()
+    def after_step(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """The state changes of one training step, after the optimizer step: the teacher's
+        EMA update, the feature queue (this step's momentum features, gathered across
+        ranks) and the temperature clamp to [temp_min, temp_max]."""
+        self.teacher.update(self)
+        if state:
+            self.teacher.enqueue(state)
+        self.clamp_temperature()
+
+    def set_distillation_scale(self, scale: float) -> None:
+        """alpha = teacher.alpha * scale (the trainer's ramp)."""
+        self.teacher.set_alpha_scale(scale)
+
+    @property
+    def distillation_alpha(self) -> float:
+        return self.teacher.current_alpha

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from albef.modeling.context import StepContext
-from albef.modeling.heads.itm_head import ITMHead
+from albef.modeling.fusion.visual import VisualInput
 from albef.modeling.miners.base import MinedNegatives
 from albef.modeling.objectives.base import Objective
 from albef.registry import MINER_REGISTRY, build_component
@@ -27,15 +27,18 @@ class ITMLoss(Objective):
 
     Args:
         miner: config node of a MINER_REGISTRY component.
-        hidden_size: supplied by the builder (fusion width).
+        head: key of the ITM head in ``model.heads``.
     """
 
-    def __init__(self, weight: float = 1.0, miner: dict[str, Any] | None = None, hidden_size: int = 768):
+    def __init__(self, weight: float = 1.0, miner: dict[str, Any] | None = None, head: str = "itm"):
         super().__init__(weight)
         self.miner = build_component(
             MINER_REGISTRY, miner or {"name": "ContrastiveHardNegativeMiner"}, where="model.objectives.itm.miner"
         )
-        self.itm_head = ITMHead(hidden_size)
+        self.head = head
+
+    def heads_used(self) -> tuple[str, ...]:
+        return (self.head,)
 
     def mine(self, ctx: StepContext) -> MinedNegatives:
         b = ctx.batch_size
@@ -49,12 +52,12 @@ class ITMLoss(Objective):
     def forward(self, ctx: StepContext) -> torch.Tensor:
         b = ctx.batch_size
         neg = self.mine(ctx)
-        text, mask, image = ctx.text_embeds, ctx.attention_mask, ctx.image_embeds
+        text, mask, visual = ctx.text_embeds, ctx.attention_mask, ctx.visual()
         text_all = torch.cat([text, text, text[neg.neg_text_for_image]])
         mask_all = torch.cat([mask, mask, mask[neg.neg_text_for_image]])
-        image_all = torch.cat([image, image[neg.neg_image_for_text], image])
-        fused = ctx.model.fusion(text_all, mask_all, image_all)  # [3B, L, H]
-        logits = self.itm_head(fused[:, 0]).float()  # [3B, 2]
+        visual_all = VisualInput.cat([visual, visual.index(neg.neg_image_for_text), visual])
+        fused = ctx.fuse(text_all, mask_all, visual_all)  # [3B, L, H]
+        logits = ctx.head(self.head)(fused[:, 0]).float()  # [3B, 2]
         labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
         keep = torch.cat([torch.ones(b, dtype=torch.bool, device=logits.device), neg.valid_text, neg.valid_image]).float()
         ctx.stats["dropped_itm_negatives"] = (2 * b - keep[b:].sum()).detach()

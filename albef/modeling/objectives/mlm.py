@@ -5,10 +5,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from albef.modeling.context import StepContext
-from albef.modeling.heads.mlm_head import MLMHead
 from albef.modeling.objectives.base import Objective
 
 
@@ -53,13 +51,17 @@ class MLMLoss(Objective):
     loss = (1 - alpha) * CE(pred, labels) + alpha * mean_masked[-sum_v softmax(teacher)_v log_softmax(pred)_v],
     both means over the masked tokens only; a batch with no masked token gives 0 (not NaN).
 
+    The teacher's logits (the distillation targets) come from the same text encoder,
+    fusion and head on the momentum teacher's weights, over the same masked ids and the
+    teacher's own image tokens; without an EMA copy of the head there is no distillation.
+
     A batch may pin the masked positions with ``mlm_positions`` [B, L] bool (tests, parity).
 
     Args:
         mask_prob: probability of choosing a token (15%).
         replace_prob, random_prob: the 80/10/10 split.
-        Builder-supplied: word_embeddings (tied decoder), vocab_size, mask_token_id,
-        special_token_ids, layer_norm_eps.
+        head: key of the MLM head in ``model.heads``.
+        Builder-supplied: vocab_size, mask_token_id, special_token_ids.
     """
 
     def __init__(
@@ -68,25 +70,22 @@ class MLMLoss(Objective):
         mask_prob: float = 0.15,
         replace_prob: float = 0.8,
         random_prob: float = 0.1,
-        word_embeddings: nn.Parameter | None = None,
+        head: str = "mlm",
         vocab_size: int = 30522,
         mask_token_id: int = 103,
         special_token_ids: Sequence[int] = (0, 101, 102),
-        layer_norm_eps: float = 1e-12,
     ):
         super().__init__(weight)
-        if word_embeddings is None:
-            raise ValueError("MLMLoss needs the text encoder's word embeddings to tie its decoder")
         if not 0.0 <= mask_prob <= 1.0 or replace_prob + random_prob > 1.0:
             raise ValueError(f"invalid MLM probabilities: mask {mask_prob}, replace {replace_prob}, random {random_prob}")
         self.mask_prob, self.replace_prob, self.random_prob = mask_prob, replace_prob, random_prob
         self.vocab_size = vocab_size
         self.mask_token_id = mask_token_id
         self.register_buffer("never_mask", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long), persistent=False)
-        self.mlm_head = MLMHead(word_embeddings, layer_norm_eps=layer_norm_eps)
+        self.head = head
 
-    def teacher_modules(self) -> dict[str, nn.Module]:
-        return {"mlm_head": self.mlm_head}
+    def heads_used(self) -> tuple[str, ...]:
+        return (self.head,)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         ids, mask = ctx.batch["input_ids"], ctx.attention_mask
@@ -94,16 +93,19 @@ class MLMLoss(Objective):
             ids, mask, self.mask_prob, self.mask_token_id, self.vocab_size, self.never_mask,
             positions=ctx.batch.get("mlm_positions"), replace_prob=self.replace_prob, random_prob=self.random_prob,
         )
-        model = ctx.model
-        text = model.text_encoder(masked_ids, mask)
-        logits = self.mlm_head(model.fusion(text, mask, ctx.image_embeds)).float()  # [B, L, V]
+        text, _ = ctx.encode_text(masked_ids, mask)
+        logits = ctx.head(self.head)(ctx.fuse(text, mask, ctx.visual())).float()  # [B, L, V]
         chosen = (labels != -100).float()
         n = chosen.sum().clamp(min=1.0)
         ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
         loss = ce.sum() / n
-        alpha = ctx.teacher.alpha
-        if alpha > 0 and model.teacher.has_module("mlm_head") and ctx.teacher.image_embeds_m is not None:
-            soft = F.softmax(model.teacher.mlm_logits(masked_ids, mask, ctx.teacher.image_embeds_m).float(), dim=-1)
+        alpha = ctx.alpha
+        head_m = ctx.head(self.head, teacher=True) if alpha > 0 else None
+        if head_m is not None:
+            with torch.no_grad():
+                text_m, _ = ctx.encode_text(masked_ids, mask, teacher=True)
+                hidden_m = ctx.fuse(text_m, mask, ctx.visual(teacher=True), teacher=True)
+                soft = F.softmax(head_m(hidden_m).float(), dim=-1)
             distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1)  # [B, L]
             loss = (1 - alpha) * loss + alpha * (distill * chosen).sum() / n
         return loss

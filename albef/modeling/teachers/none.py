@@ -1,41 +1,36 @@
-"""No teacher: no EMA model, no queue, no distillation (for ablations)."""
+"""No teacher: no EMA model, no queue, no distillation (for ablations and tasks without MoD)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from albef.modeling.context import TeacherOutput
+from albef.modeling.context import StepContext, TeacherOutput
+from albef.modeling.teachers.base import Teacher
 
 
-class NoTeacher(nn.Module):
+class NoTeacher(Teacher):
     """Contrast against the batch's own online features, detached; alpha is 0.
 
     This is ALBEF with momentum 0 and no queue: ITC becomes in-batch contrast where
     each direction trains the query side, ITM mines negatives from online
-    similarities, and MLM learns from hard labels only.
+    similarities, and MLM learns from hard labels only. ``run`` calls the student's
+    function on its own weights, without gradient.
     """
 
     def __init__(self):
-        super().__init__()
-        self.current_alpha = 0.0
-        self.alpha = 0.0
+        super().__init__(momentum=0.0, alpha=0.0)
 
-    def attach(self, student: nn.ModuleDict) -> None:  # nothing to copy
-        pass
+    def attach(self, student: nn.Module, paths=None) -> None:  # nothing to copy
+        self.paths = []
 
     def set_alpha_scale(self, scale: float) -> None:
         pass
 
-    def update(self, student: nn.ModuleDict) -> None:
-        pass
-
-    def has_module(self, key: str) -> bool:
-        return False
+    def run(self, student: nn.Module, fn, *args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
 
     @torch.no_grad()
-    def forward(self, batch: dict, image_feat: torch.Tensor, text_feat: torch.Tensor) -> TeacherOutput:
-        i, t = image_feat.detach().float(), text_feat.detach().float()
-        return TeacherOutput(i, t, i, t, batch.get("image_id"), None, 0.0)
-
-    def enqueue(self, out: TeacherOutput, image_ids: torch.Tensor | None) -> None:
-        pass
+    def contrastive(self, ctx: StepContext) -> TeacherOutput:
+        i, t = ctx.image_feat.detach().float(), ctx.text_feat.detach().float()
+        return TeacherOutput(i, t, i, t, ctx.image_ids, None, 0.0)

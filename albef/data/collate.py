@@ -1,0 +1,55 @@
+"""Collators: a list of samples -> one batch, with the texts tokenised (inside DataLoader workers)."""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+
+from albef.data.tokenization import check_tokenization_mode, tokenize
+
+
+class ImageTextCollator:
+    """Samples (dicts) -> a batch dict, for every task's datasets.
+
+    * ``text_field`` (a string per sample: caption, sentence, question) -> ``input_ids``,
+      ``attention_mask`` [B, L] (see :func:`albef.data.tokenization.tokenize`);
+    * tensors are stacked: ``image`` [B, 3, H, W] or, for K images per sample, [B, K, 3, H, W];
+    * numbers -> a tensor (int64 for integers: ``label``, ``image_id``, ``index``);
+    * ``skipped`` lists (bad files the dataset stepped over) are concatenated;
+    * anything else (strings, ids of the official formats) -> a list.
+
+    Args:
+        max_tokens, tokenization: ``data.max_tokens``, ``data.tokenization`` (builder-supplied).
+        text_field: the text entry (builder-supplied from the dataset's ``text_field``).
+        with_image_ids: keep ``image_id`` (the dataset's ``has_image_ids``; without ids ITC
+            uses the diagonal as positives, as the official pretraining).
+        tokenizer: builder-supplied (None for samples without text, e.g. retrieval images).
+    """
+
+    def __init__(self, tokenizer=None, max_tokens: int = 30, tokenization: str = "ours", text_field: str = "caption", with_image_ids: bool = True):
+        self.tokenizer, self.max_tokens, self.text_field, self.with_image_ids = tokenizer, max_tokens, text_field, with_image_ids
+        self.tokenization = check_tokenization_mode(tokenization)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {}
+        for key in samples[0]:
+            values = [s[key] for s in samples]
+            if key == "skipped":
+                continue
+            if key == "image_id" and not self.with_image_ids:
+                continue
+            if key == self.text_field:
+                if self.tokenizer is None:
+                    raise ValueError(f"ImageTextCollator: samples carry text '{key}' but no tokenizer was given")
+                batch.update(tokenize(self.tokenizer, values, self.max_tokens, mode=self.tokenization))
+            elif isinstance(values[0], torch.Tensor):
+                batch[key] = torch.stack(values)
+            elif isinstance(values[0], numbers.Integral) and not isinstance(values[0], bool):
+                batch[key] = torch.tensor(values, dtype=torch.long)
+            elif isinstance(values[0], numbers.Real):
+                batch[key] = torch.tensor(values, dtype=torch.float32)
+            else:
+                batch[key] = values
+        batch["skipped"] = [x for s in samples for x in s.get("skipped", [])]
+        return batch
