@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic data set and configs for a tiny model."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,36 @@ def tokenizer(synthetic_root):
     from albef.data.tokenization import build_tokenizer
 
     return build_tokenizer(os.path.join(synthetic_root, "vocab.txt"))
+
+
+def tree_bytes(root: str) -> dict[str, bytes]:
+    """relative path -> bytes of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def write_json(path, obj) -> str:
+    """Dump ``obj`` to ``path``; the path as a string."""
+    with open(path, "w") as f:
+        json.dump(obj, f)
+    return str(path)
+
+
+def official_meta_state(keys_file: str = "official_keys_base.txt") -> dict:
+    """``tests/fixtures/<keys_file>`` ("key [shape]" per line, dumped from the official
+    model) as a state dict of meta tensors: every key and shape, no data."""
+    out = {}
+    with open(os.path.join(REPO, "tests", "fixtures", keys_file)) as f:
+        for line in f:
+            key, shape = line.split(" ", 1)
+            dtype = torch.long if key.endswith(("queue_ptr", "position_ids")) else torch.float32
+            out[key] = torch.empty(json.loads(shape), dtype=dtype, device="meta")
+    return out
 
 
 def run_cli(args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import os
 import random
 import re
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import write_json
 
 from albef.data.datasets import DataError
 from albef.data.datasets.pretrain_json import PretrainJSON
@@ -288,11 +288,6 @@ def image_dir(tmp_path):
     return d
 
 
-def _write_json(path, obj) -> str:
-    with open(path, "w") as f:
-        json.dump(obj, f)
-    return str(path)
-
 
 def _pretrain_anns():
     return [
@@ -307,7 +302,7 @@ def _pretrain_anns():
 
 
 def test_pretrain_json_skips_bad_images(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "pairs.json", _pretrain_anns())
+    ann = write_json(tmp_path / "pairs.json", _pretrain_anns())
     ds = PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS, seed=0)
     assert len(ds) == 6  # the empty-caption entry is dropped at load
     assert ds.load_report == [(f"{ann}:5", "empty caption")]
@@ -333,7 +328,7 @@ def test_pretrain_json_skips_bad_images(tmp_path, image_dir):
 
 
 def test_pretrain_json_image_ids(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "pairs.json", _pretrain_anns())
+    ann = write_json(tmp_path / "pairs.json", _pretrain_anns())
     ds = PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS)
     ids = ds.image_id
     assert ids[0] == ids[5]  # entries 0 and 6 of the file: same image a.jpg
@@ -345,14 +340,14 @@ def test_pretrain_json_image_ids(tmp_path, image_dir):
 
 
 def test_pretrain_json_ids_across_files(tmp_path, image_dir):
-    a = _write_json(tmp_path / "one.json", [{"image": "a.jpg", "caption": "x"}, {"image": "b.jpg", "caption": "y"}])
-    b = _write_json(tmp_path / "two.json", [{"image": "b.jpg", "caption": "z"}, {"image": str(image_dir / "a.jpg"), "caption": "w"}])
+    a = write_json(tmp_path / "one.json", [{"image": "a.jpg", "caption": "x"}, {"image": "b.jpg", "caption": "y"}])
+    b = write_json(tmp_path / "two.json", [{"image": "b.jpg", "caption": "z"}, {"image": str(image_dir / "a.jpg"), "caption": "w"}])
     ds = PretrainJSON([a, b], image_root=str(image_dir), transforms=TRANSFORMS)
     assert ds.image_id == [0, 1, 1, 0]  # a relative and an absolute path to the same file share an id
 
 
 def test_pretrain_json_deterministic_access(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "pairs.json", _pretrain_anns())
+    ann = write_json(tmp_path / "pairs.json", _pretrain_anns())
     ds = PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS, seed=7)
     a, b = ds[(2, 4)], ds[(2, 4)]
     assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
@@ -362,7 +357,7 @@ def test_pretrain_json_deterministic_access(tmp_path, image_dir):
 
 
 def test_pretrain_json_flip_swaps_caption(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "p.json", [{"image": "a.jpg", "caption": "a red square left of a blue circle"}])
+    ann = write_json(tmp_path / "p.json", [{"image": "a.jpg", "caption": "a red square left of a blue circle"}])
     t = dict(TRANSFORMS, hflip_prob=1.0, hflip_swap_words={"left": "right", "right": "left"})
     ds = PretrainJSON([ann], image_root=str(image_dir), transforms=t)
     assert ds[0]["caption"] == "a red square right of a blue circle"
@@ -373,7 +368,7 @@ def test_pretrain_json_flip_swaps_caption(tmp_path, image_dir):
 @pytest.mark.parametrize("index,bad", [(1, "missing.jpg"), (2, "trunc.jpg"), (3, "notimg.jpg")])
 def test_pretrain_json_strict_bad_image(tmp_path, image_dir, index, bad):
     anns = [a for i, a in enumerate(_pretrain_anns()) if i != 5]
-    ann = _write_json(tmp_path / "pairs.json", anns)
+    ann = write_json(tmp_path / "pairs.json", anns)
     ds = PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS, strict=True)
     assert ds[0]["skipped"] == []
     with pytest.raises(DataError) as ei:
@@ -382,7 +377,7 @@ def test_pretrain_json_strict_bad_image(tmp_path, image_dir, index, bad):
 
 
 def test_pretrain_json_strict_empty_caption(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "pairs.json", _pretrain_anns())
+    ann = write_json(tmp_path / "pairs.json", _pretrain_anns())
     with pytest.raises(DataError) as ei:
         PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS, strict=True)
     msg = str(ei.value)
@@ -390,7 +385,7 @@ def test_pretrain_json_strict_empty_caption(tmp_path, image_dir):
 
 
 def test_pretrain_json_missing_image_key(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "pairs.json", [{"image": "a.jpg", "caption": "x"}, {"file": "b.jpg", "caption": "y"}])
+    ann = write_json(tmp_path / "pairs.json", [{"image": "a.jpg", "caption": "x"}, {"file": "b.jpg", "caption": "y"}])
     with pytest.raises(DataError) as ei:
         PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS)
     msg = str(ei.value)
@@ -398,11 +393,11 @@ def test_pretrain_json_missing_image_key(tmp_path, image_dir):
 
 
 def test_pretrain_json_missing_or_bad_caption(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "p.json", [{"image": "a.jpg"}])
+    ann = write_json(tmp_path / "p.json", [{"image": "a.jpg"}])
     with pytest.raises(DataError) as ei:
         PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS)
     assert ann in str(ei.value) and "caption" in str(ei.value)
-    ann = _write_json(tmp_path / "q.json", [{"image": "a.jpg", "caption": 5}])
+    ann = write_json(tmp_path / "q.json", [{"image": "a.jpg", "caption": 5}])
     with pytest.raises(DataError) as ei:
         PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS)
     assert ann in str(ei.value)
@@ -420,17 +415,17 @@ def test_pretrain_json_bad_files(tmp_path, image_dir):
     with pytest.raises(DataError) as ei:
         PretrainJSON([str(bad)], transforms=TRANSFORMS)
     assert str(bad) in str(ei.value)
-    notlist = _write_json(tmp_path / "d.json", {"image": "a.jpg", "caption": "x"})
+    notlist = write_json(tmp_path / "d.json", {"image": "a.jpg", "caption": "x"})
     with pytest.raises(DataError) as ei:
         PretrainJSON([notlist], transforms=TRANSFORMS)
     assert notlist in str(ei.value) and "list" in str(ei.value)
-    empty = _write_json(tmp_path / "e.json", [{"image": "a.jpg", "caption": "!!"}])
+    empty = write_json(tmp_path / "e.json", [{"image": "a.jpg", "caption": "!!"}])
     with pytest.raises(DataError, match="no usable"):
         PretrainJSON([empty], transforms=TRANSFORMS)
 
 
 def test_pretrain_json_all_images_bad(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "p.json", [{"image": "missing.jpg", "caption": "x"}, {"image": "notimg.jpg", "caption": "y"}])
+    ann = write_json(tmp_path / "p.json", [{"image": "missing.jpg", "caption": "x"}, {"image": "notimg.jpg", "caption": "y"}])
     ds = PretrainJSON([ann], image_root=str(image_dir), transforms=TRANSFORMS)
     with pytest.raises(DataError) as ei:
         ds[0]
@@ -438,7 +433,7 @@ def test_pretrain_json_all_images_bad(tmp_path, image_dir):
 
 
 def test_pretrain_json_single_ann_file_string(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "p.json", [{"image": "a.jpg", "caption": "x"}])
+    ann = write_json(tmp_path / "p.json", [{"image": "a.jpg", "caption": "x"}])
     assert len(PretrainJSON(ann, image_root=str(image_dir), transforms=TRANSFORMS)) == 1
 
 
@@ -451,7 +446,7 @@ def test_retrieval_eval_json_gt(tmp_path, image_dir):
         {"image": "b.jpg", "caption": "only one"},
         {"image": "c.jpg", "caption": ["x-ray", "y", "Z."]},
     ]
-    ann = _write_json(tmp_path / "test.json", anns)
+    ann = write_json(tmp_path / "test.json", anns)
     ds = RetrievalEvalJSON(ann, image_root=str(image_dir), transforms={"image_res": 8, "mean": MEAN, "std": STD})
     assert len(ds) == 3
     assert ds.text == ["first caption", "second caption", "only one", "x ray", "y", "z"]
@@ -462,7 +457,7 @@ def test_retrieval_eval_json_gt(tmp_path, image_dir):
 
 
 def test_retrieval_eval_json_bad_image(tmp_path, image_dir):
-    ann = _write_json(tmp_path / "test.json", [{"image": "a.jpg", "caption": ["x"]}, {"image": "trunc.jpg", "caption": ["y"]}])
+    ann = write_json(tmp_path / "test.json", [{"image": "a.jpg", "caption": ["x"]}, {"image": "trunc.jpg", "caption": ["y"]}])
     t = {"image_res": 8, "mean": MEAN, "std": STD}
     ds = RetrievalEvalJSON(ann, image_root=str(image_dir), transforms=t)
     s = ds[1]
@@ -475,7 +470,7 @@ def test_retrieval_eval_json_bad_image(tmp_path, image_dir):
 
 
 def test_retrieval_eval_json_missing_image_key(tmp_path):
-    ann = _write_json(tmp_path / "test.json", [{"caption": ["x"]}])
+    ann = write_json(tmp_path / "test.json", [{"caption": ["x"]}])
     with pytest.raises(DataError) as ei:
         RetrievalEvalJSON(ann, transforms={"image_res": 8, "mean": MEAN, "std": STD})
     assert ann in str(ei.value) and "entry 0" in str(ei.value)
@@ -565,7 +560,7 @@ def _run_build_vocab(*args):
 
 def test_build_vocab_tool(tmp_path):
     caps = ["A red square, left of a BLUE circle!", "two big <person> things", "a small-green triangle/below"]
-    ann = _write_json(tmp_path / "caps.json", [{"image": "x.jpg", "caption": caps[0]}, {"image": "y.jpg", "caption": caps[1:]}])
+    ann = write_json(tmp_path / "caps.json", [{"image": "x.jpg", "caption": caps[0]}, {"image": "y.jpg", "caption": caps[1:]}])
     out = tmp_path / "voc"
     r = _run_build_vocab("--ann-files", ann, "--out-dir", str(out), "--vocab-size", "200")
     assert r.returncode == 0, r.stderr
@@ -606,6 +601,6 @@ def test_build_vocab_tool_invalid_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", [{"image": "x.jpg", "caption": "a red square"}, [{"image": "x.jpg", "caption": 5}]])
 def test_build_vocab_tool_malformed_json(tmp_path, capsys, content):
-    ann = _write_json(tmp_path / "d.json", content)
+    ann = write_json(tmp_path / "d.json", content)
     assert _build_vocab_main()(["--ann-files", ann, "--out-dir", str(tmp_path / "o")]) == 2
     assert ann in capsys.readouterr().err

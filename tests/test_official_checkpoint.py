@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, official_meta_state
 
 from albef.checkpoint import ALBEFCheckpointer, CheckpointFormatError, CheckpointMismatchError, read_checkpoint_file
 from albef.checkpoint.official import (
@@ -178,15 +178,7 @@ def test_architecture_mismatch_is_reported(official_sd):
 
 def _released_layout_on_meta() -> dict:
     """Every key of the released ALBEF.pth / ALBEF_4M.pth with its shape (no data: meta tensors)."""
-    import json
-
-    out = {}
-    with open(os.path.join(REPO, "tests", "fixtures", "official_keys_base.txt")) as f:
-        for line in f:
-            key, shape = line.split(" ", 1)
-            dtype = torch.long if key.endswith(("queue_ptr", "position_ids")) else torch.float32
-            out[key] = torch.empty(json.loads(shape), dtype=dtype, device="meta")
-    return out
+    return official_meta_state("official_keys_base.txt")
 
 
 @pytest.mark.parametrize("img_size", [256, 384])

@@ -22,13 +22,13 @@ BUILTINS = {
     "vision_encoder": {"TimmViT"},
     "text_encoder": {"BertTextEncoder"},
     "fusion": {"CrossAttentionFusion"},
-    "objective": {"ITCLoss", "ITMLoss", "MLMLoss"},
+    "objective": {"ITCLoss", "ITMLoss", "MLMLoss", "ClassificationLoss", "TextAssignmentLoss"},
     "miner": {"ContrastiveHardNegativeMiner", "HardestNegativeMiner", "RandomNegativeMiner"},
     "teacher": {"MomentumTeacher", "NoTeacher"},
-    "dataset": {"PretrainJSON", "RetrievalEvalJSON"},
-    "head": {"ITMHead", "MLMHead"},
+    "dataset": {"PretrainJSON", "RetrievalEvalJSON", "VisualEntailmentJSON", "NLVR2JSON"},
+    "head": {"ITMHead", "MLMHead", "MLPClassifierHead", "LinearClassifierHead"},
     "collator": {"ImageTextCollator"},
-    "evaluator": {"RetrievalEvaluator"},
+    "evaluator": {"RetrievalEvaluator", "ClassificationEvaluator"},
     "trainer": {"DefaultTrainer"},
 }
 

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import tree_bytes
 
 from albef.data.synthetic import shapes
 from albef.data.synthetic.shapes import (
@@ -28,16 +29,6 @@ _CAPTION_RE = re.compile(
     r"^an? (\w+) (\w+) (left of|right of|to the left of|to the right of|above|below) an? (\w+) (\w+)$"
 )
 
-
-def _tree(root: str) -> dict[str, bytes]:
-    """relative path -> bytes of every file under root."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
 
 
 def _load(root: str):
@@ -62,7 +53,7 @@ def test_same_params_give_identical_files(small, tmp_path):
     other = str(tmp_path / "again")
     manifest2 = generate_synthetic(other, **SMALL)
     assert manifest2 == manifest
-    a, b = _tree(root), _tree(other)
+    a, b = tree_bytes(root), tree_bytes(other)
     assert sorted(a) == sorted(b)
     assert any(k.endswith(".jpg") for k in a) and "vocab.txt" in a
     for k in a:
@@ -73,7 +64,7 @@ def test_different_seed_gives_different_data(small, tmp_path):
     root, _ = small
     other = str(tmp_path / "seed1")
     generate_synthetic(other, **{**SMALL, "seed": 1})
-    a, b = _tree(root), _tree(other)
+    a, b = tree_bytes(root), tree_bytes(other)
     assert a["pretrain.json"] != b["pretrain.json"]
     assert a["test.json"] != b["test.json"]
     assert a[os.path.join("images", "train", "000000.jpg")] != b[os.path.join("images", "train", "000000.jpg")]
@@ -187,7 +178,7 @@ def test_holdout_excludes_test_scenes_from_training(small, tmp_path):
 
 def test_train_and_test_renders_differ(small):
     root, _ = small
-    tree = _tree(root)
+    tree = tree_bytes(root)
     train = {v for k, v in tree.items() if k.startswith(os.path.join("images", "train"))}
     test = {v for k, v in tree.items() if k.startswith(os.path.join("images", "test"))}
     assert len(train) == SMALL["num_train_images"] and len(test) == 4 * SMALL["num_test_groups"]
@@ -305,7 +296,7 @@ def test_concurrent_generation(tmp_path):
     assert len(os.listdir(os.path.join(root, "images", "train"))) == _CONCURRENT["num_train_images"]
     ref = str(tmp_path / "ref")
     generate_synthetic(ref, **_CONCURRENT)
-    assert _tree(ref) == _tree(root)
+    assert tree_bytes(ref) == tree_bytes(root)
 
 
 def test_lost_rename_race_uses_existing_root(tmp_path, monkeypatch):
@@ -327,7 +318,7 @@ def test_lost_rename_race_uses_existing_root(tmp_path, monkeypatch):
     assert generate_synthetic(root, **SMALL) == expected
     assert len(calls) == 1 and ".tmp-" in calls[0][0]
     assert os.listdir(parent) == ["shapes"]
-    assert _tree(root) == _tree(winner)
+    assert tree_bytes(root) == tree_bytes(winner)
 
 
 def test_smaller_world_uses_the_first_colours_and_shapes(tmp_path):

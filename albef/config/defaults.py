@@ -62,6 +62,9 @@ _DEFAULTS: dict[str, Any] = {
         # Built-in synthetic shapes world: null, or {root, seed, ...} (see albef.data.synthetic).
         # When set, the data is generated there on first use.
         "synthetic": None,
+        # a downstream task's synthetic data, made from the same world and vocabulary:
+        # null, or {task: retrieval|ve|nlvr, seed, num_train, num_val, num_test}
+        "synthetic_task": None,
         "tokenizer": "bert-base-uncased",  # transformers name, local directory or a vocab.txt file
         "max_words": 30,  # official pre_caption word limit
         "max_tokens": 25,  # tokenizer max_length, [CLS] included (official pretraining)

@@ -19,9 +19,12 @@ SPLITS = ("train", "val", "test")
 
 
 def prepare_synthetic(cfg: DictConfig) -> None:
-    """Generate the built-in synthetic data set if ``data.synthetic`` is set and it is missing."""
+    """Generate the built-in synthetic data set if ``data.synthetic`` is set and it is missing,
+    and the data of a downstream task if ``data.synthetic_task`` names one."""
     node = cfg.data.synthetic
     if node is None:
+        if cfg.data.get("synthetic_task") is not None:
+            raise ComponentError("data.synthetic_task needs data.synthetic (the task data is made from the same world and vocabulary)")
         return
     from albef.data.synthetic.shapes import generate_synthetic
     from albef.registry import _accepted_kwargs
@@ -36,6 +39,20 @@ def prepare_synthetic(cfg: DictConfig) -> None:
     except ValueError as e:  # bad parameters, or a root generated with other ones
         raise DataError(f"data.synthetic: {e}") from e
     logger.info("Synthetic data at %s: %s", kwargs.get("root"), manifest.get("counts", {}))
+    task = cfg.data.get("synthetic_task")
+    if task is not None:
+        from albef.data.synthetic.tasks import generate_task_data
+
+        t_kwargs = OmegaConf.to_container(task, resolve=True)
+        accepted, _ = _accepted_kwargs(generate_task_data)
+        bad = [k for k in t_kwargs if k not in accepted or k == "root"]
+        if bad:
+            raise ComponentError(f"data.synthetic_task: unknown key(s) {bad}; valid keys: {', '.join(sorted(accepted - {'root'}))}")
+        try:
+            tm = generate_task_data(kwargs["root"], **t_kwargs)
+        except ValueError as e:
+            raise DataError(f"data.synthetic_task: {e}") from e
+        logger.info("Synthetic %s data at %s/%s: %s", t_kwargs.get("task"), kwargs["root"], t_kwargs.get("task"), tm.get("counts", {}))
 
 
 def _dataset_extra(cfg: DictConfig, split: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Model components (registered through albef.plugins.builtin on the first registry lookup)."""
 from albef.modeling.encoders import bert_text, timm_vit  # noqa: F401
 from albef.modeling.fusion import cross_attention  # noqa: F401
-from albef.modeling.heads import itm_head, mlm_head  # noqa: F401
+from albef.modeling.heads import classifier, itm_head, mlm_head  # noqa: F401
 from albef.modeling import miners, objectives  # noqa: F401
 from albef.modeling.teachers import base, momentum, none  # noqa: F401
 from albef.modeling.meta_arch import albef  # noqa: F401

@@ -41,8 +41,10 @@ def albef_register_objectives(register):
     from albef.modeling.objectives.itc import ITCLoss
     from albef.modeling.objectives.itm import ITMLoss
     from albef.modeling.objectives.mlm import MLMLoss
+    from albef.modeling.objectives.classification import ClassificationLoss
+    from albef.modeling.objectives.text_assignment import TextAssignmentLoss
 
-    for cls in (ITCLoss, ITMLoss, MLMLoss):
+    for cls in (ITCLoss, ITMLoss, MLMLoss, ClassificationLoss, TextAssignmentLoss):
         register(cls)
 
 
@@ -69,8 +71,10 @@ def albef_register_teachers(register):
 def albef_register_datasets(register):
     from albef.data.datasets.pretrain_json import PretrainJSON
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
+    from albef.data.datasets.visual_entailment import VisualEntailmentJSON
+    from albef.data.datasets.nlvr2 import NLVR2JSON
 
-    for cls in (PretrainJSON, RetrievalEvalJSON):
+    for cls in (PretrainJSON, RetrievalEvalJSON, VisualEntailmentJSON, NLVR2JSON):
         register(cls)
 
 
@@ -78,8 +82,9 @@ def albef_register_datasets(register):
 def albef_register_heads(register):
     from albef.modeling.heads.itm_head import ITMHead
     from albef.modeling.heads.mlm_head import MLMHead
+    from albef.modeling.heads.classifier import LinearClassifierHead, MLPClassifierHead
 
-    for cls in (ITMHead, MLMHead):
+    for cls in (ITMHead, MLMHead, MLPClassifierHead, LinearClassifierHead):
         register(cls)
 
 
@@ -92,9 +97,11 @@ def albef_register_collators(register):
 
 @hookimpl
 def albef_register_evaluators(register):
+    from albef.evaluation.classification import ClassificationEvaluator
     from albef.evaluation.retrieval import RetrievalEvaluator
 
     register(RetrievalEvaluator)
+    register(ClassificationEvaluator)
 
 
 @hookimpl

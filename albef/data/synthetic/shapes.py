@@ -10,7 +10,8 @@ job can pretrain on a laptop CPU and then be evaluated on image-text retrieval::
       images/test/000000.jpg ...
       pretrain.json   [{"image": "images/train/000000.jpg", "caption": [str, ...], "image_id": str}, ...]
       test.json       [{"image": "images/test/000000.jpg", "caption": [str]}, ...]
-      vocab.txt       WordPiece vocabulary of all captions (every caption word is one token)
+      vocab.txt       WordPiece vocabulary: every caption word and every word of the
+                      downstream tasks' texts is one token (see _build_vocab)
       manifest.json   format version, params, counts, test groups; marks a complete dataset
 
 Scenes
@@ -49,11 +50,11 @@ import itertools
 import json
 import os
 import random
-import shutil
-import uuid
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from albef.data.synthetic.generated import build_dir_atomically, check_manifest, is_empty_dir
 
 __all__ = [
     "COLORS",
@@ -67,7 +68,7 @@ __all__ = [
     "synthetic_paths",
 ]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the vocabulary also holds the downstream tasks' words
 
 #: Colour name -> RGB, chosen far apart from each other and from the light background.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -290,31 +291,6 @@ def _check_params(p: dict) -> None:
         raise ValueError(f"jpeg_quality must be in [1, 100], got {p['jpeg_quality']}")
 
 
-def _read_manifest(root: str) -> dict | None:
-    path = os.path.join(root, "manifest.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, "r", encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _check_existing(root: str, params: dict) -> dict:
-    manifest = _read_manifest(root)
-    if manifest is None:
-        raise ValueError(
-            f"synthetic dataset root {root!r} exists but has no manifest.json "
-            "(not a complete synthetic dataset); remove it or choose another root"
-        )
-    stored = {"format_version": manifest.get("format_version"), **manifest.get("params", {})}
-    requested = {"format_version": FORMAT_VERSION, **params}
-    if stored != requested:
-        raise ValueError(
-            f"synthetic dataset at {root!r} was generated with other parameters: "
-            f"stored {stored}, requested {requested}; remove it or choose another root"
-        )
-    return manifest
-
-
 def _dump_json(obj: Any, path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
@@ -322,7 +298,12 @@ def _dump_json(obj: Any, path: str) -> None:
 
 
 def _build_vocab(tmp: str, paths: dict, entries: list[dict]) -> None:
-    """``tmp/vocab.txt``: WordPiece vocabulary in which every caption word is one token.
+    """``tmp/vocab.txt``: WordPiece vocabulary in which every caption word is one token, and
+    so is every word the downstream tasks' texts use (:mod:`albef.data.synthetic.tasks`:
+    "picture", "neither", "wooden", ...), as a real BERT vocabulary covers the language and
+    not only the pretraining captions. Pretraining never sees those words (their embeddings
+    stay untrained until a task fine-tunes them); without them they would fall apart into
+    single characters, which a two-layer text encoder cannot compose in a short fine-tuning.
 
     The tokenizers trainer breaks ties between equally frequent merges in hash order, so
     its intermediate sub-word pieces (and the order of all tokens) change from process to
@@ -336,9 +317,12 @@ def _build_vocab(tmp: str, paths: dict, entries: list[dict]) -> None:
     vocab_path = build_wordpiece_vocab([paths["pretrain"], paths["test"]], out_dir=tmp, vocab_size=200)
     with open(vocab_path, "r", encoding="utf-8") as f:
         trained = [line.rstrip("\n") for line in f if line.strip()]
-    words = {w for e in entries for c in e["caption"] for w in c.split(" ")}
+    from albef.data.synthetic.tasks import task_words  # a function-level import: tasks imports this module
+
+    caption_words = {w for e in entries for c in e["caption"] for w in c.split(" ")}
+    words = caption_words | task_words()
     alphabet = {t for t in trained if t not in SPECIAL_TOKENS and (len(t) == 1 or (len(t) == 3 and t.startswith("##")))}
-    missing_chars = sorted({ch for w in words for ch in w} - alphabet)
+    missing_chars = sorted({ch for w in caption_words for ch in w} - alphabet)
     if missing_chars:  # cannot happen: the trainer's alphabet covers the corpus
         raise RuntimeError(f"trained vocabulary lacks characters {missing_chars}")
     tokens = list(SPECIAL_TOKENS) + sorted(alphabet) + sorted(words - alphabet)
@@ -451,26 +435,9 @@ def generate_synthetic(
     params = _params(seed, image_size, num_train_images, num_test_groups, holdout_test_scenes, jpeg_quality, num_colors, num_shapes, test_group_size)
     _check_params(params)
     root = os.fspath(root)
-    if os.path.exists(root) and not _is_empty_dir(root):
-        return _check_existing(root, params)
+    if os.path.exists(root) and not is_empty_dir(root):
+        return check_manifest(root, "synthetic dataset", FORMAT_VERSION, params)
 
-    norm = os.path.normpath(os.path.abspath(root))
-    parent = os.path.dirname(norm)
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{norm}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-    os.makedirs(tmp)
-    try:
-        _build(tmp, params)
-        try:
-            os.rename(tmp, norm)  # atomic; fails when another process got there first
-        except OSError:
-            if not os.path.isdir(norm) or _is_empty_dir(norm):
-                raise
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _check_existing(root, params)
+    build_dir_atomically(root, lambda tmp: _build(tmp, params))
+    return check_manifest(root, "synthetic dataset", FORMAT_VERSION, params)
 
-
-def _is_empty_dir(path: str) -> bool:
-    return os.path.isdir(path) and not os.listdir(path)

@@ -1,4 +1,4 @@
 from albef.modeling.objectives.base import Objective
-from albef.modeling.objectives import itc, itm, mlm  # noqa: F401  (register)
+from albef.modeling.objectives import classification, itc, itm, mlm, text_assignment  # noqa: F401
 
 __all__ = ["Objective"]
