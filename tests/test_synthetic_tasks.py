@@ -518,6 +518,18 @@ def test_nlvr_generator_balances_each_kind():
         assert 0.4 < c["True"] / (c["True"] + c["False"]) < 0.6, (k, c)
 
 
+def test_nlvr_sentence_form_is_read_back_from_the_text():
+    """tools/analyze_synthetic_nlvr.py groups sentences by the form the generator drew:
+    reading it back from the sentence alone must agree on every entry."""
+    p = dict(num_train=600, num_val=1, num_test=1, seed=3)
+    ann, _, extra, _ = tasks._build_nlvr(p, "test-tag", list(COLORS), list(SHAPES))
+    forms = Counter()
+    for e, k in zip(ann["train"], extra["kinds"]["train"]):
+        assert tasks.nlvr_sentence_form(e["sentence"]) == k.split("/")[0], (e["sentence"], k)
+        forms[k.split("/")[0]] += 1
+    assert set(forms) == {"side", "each", "one", "neither", "side_relation"}
+
+
 def test_nlvr_images_belong_to_one_pair_and_split(made):
     _, d = made["nlvr"]
     seen = set()

@@ -341,6 +341,8 @@ def test_nlvr_one_bad_image_of_the_pair(tmp_path, image_dir, data_log):
     assert all(s["image"].shape == (2, 3, RES, RES) for s in samples)
     assert torch.equal(samples[0]["image"][1], torch.zeros(3, RES, RES))  # the bad right image is grey
     assert torch.equal(samples[1]["image"][0], torch.zeros(3, RES, RES))  # the bad left image is grey
+    # only the unreadable image of a pair is replaced: its partner is the real picture
+    assert _dominant(samples[0]["image"][0]) == "red" and _dominant(samples[1]["image"][1]) == "blue"
     assert [p for p, _ in samples[0]["skipped"]] == [str(image_dir / "missing.jpg")]
     assert [p for p, _ in samples[1]["skipped"]] == [str(image_dir / "trunc.jpg")]
     msgs = [r.getMessage() for r in data_log.records if r.levelno == logging.WARNING]

@@ -149,6 +149,17 @@ def test_ta_step_then_nlvr_from_it(pretrained, synthetic_root, tmp_path):
     log = open(os.path.join(tmp_path, "nlvr", "log.txt")).read()
     assert "head 'ta' is not part of this model" in log and "head 'cls' is not in the checkpoint" in log
 
+    # the per-sentence-form analysis of that run agrees with its evaluator on the whole split
+    a = subprocess.run([sys.executable, os.path.join(REPO, "tools", "analyze_synthetic_nlvr.py"), "--output-dir", str(tmp_path / "nlvr")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert a.returncode == 0, a.stderr[-3000:]
+    m = read_metrics(os.path.join(tmp_path, "nlvr", "metrics.json"))
+    acc = m[max(m)]["nlvr/acc"]  # the final model's test accuracy
+    row = next(line for line in a.stdout.splitlines() if line.startswith("| all |"))
+    assert abs(float(row.split("|")[4].strip().rstrip("%")) - acc) < 0.01, (row, acc)
+    forms = [line for line in a.stdout.splitlines() if line.startswith("| ") and not line.startswith(("| form", "| all"))]
+    assert sum(int(line.split("|")[5]) for line in forms) == 10  # num_test of tests/configs/tiny_nlvr.yaml
+
 
 def test_zero_shot_retrieval_of_a_pretraining_checkpoint(pretrained, synthetic_root, tmp_path):
     out = str(tmp_path / "zs")

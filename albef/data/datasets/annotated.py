@@ -128,18 +128,20 @@ class AnnotatedImageTextDataset(Dataset):
         )
 
     def _eval_item(self, i: int) -> dict[str, Any]:
+        """Nothing is dropped in evaluation: an unreadable image (only that one of a pair)
+        becomes the mean colour (zeros after normalisation), with a warning."""
         rec = self.records[i]
-        try:
-            images, text = self._load(rec, None)
-            skipped = []
-        except OSError as e:
-            bad = self._bad_path(rec)
-            if self.strict:
-                raise DataError(f"{bad} ({rec['where']}): {e} (data.strict=true stops here)") from e
-            logger.warning("Evaluation image %s (%s): %s; using a grey image in its place", bad, rec["where"], e)
-            images = [torch.zeros(3, self.image_res, self.image_res) for _ in rec["images"]]
-            text, skipped = rec["text"], [(bad, f"{e} ({rec['where']})")]
-        return self._sample(i, images, text, skipped)
+        images, skipped = [], []
+        for p in rec["images"]:
+            try:
+                images.append(self.transform(load_image(p)))
+            except OSError as e:
+                if self.strict:
+                    raise DataError(f"{p} ({rec['where']}): {e} (data.strict=true stops here)") from e
+                logger.warning("Evaluation image %s (%s): %s; using a grey image in its place", p, rec["where"], e)
+                images.append(torch.zeros(3, self.image_res, self.image_res))
+                skipped.append((p, f"{e} ({rec['where']})"))
+        return self._sample(i, images, rec["text"], skipped)
 
     @staticmethod
     def _bad_path(rec: dict[str, Any]) -> str:

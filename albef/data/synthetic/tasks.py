@@ -446,6 +446,22 @@ def _nlvr_options(want: bool, left: Scene, right: Scene, all_objs: list[Obj], rn
     return options
 
 
+def nlvr_sentence_form(sentence: str) -> str:
+    """The form of a synthetic NLVR2 sentence (one of :data:`_NLVR_KINDS`), read back from
+    its text, since the official format keeps only the sentence: "neither", "one" (in one
+    picture but not the other), "each", "side_relation" (a relation inside the named
+    picture) or "side" (an object in the named picture)."""
+    if sentence.endswith(" in neither picture"):
+        return "neither"
+    if sentence.endswith(" in one picture but not the other"):
+        return "one"
+    if " each picture" in sentence:
+        return "each"
+    if sentence.startswith("in the ") and len(sentence.split(" we see ", 1)[1].split()) > 3:
+        return "side_relation"  # "in the left picture we see a red circle left of a blue square"
+    return "side"
+
+
 def _nlvr_sentence(kind: str, options: dict, rng: random.Random) -> tuple[str, str]:
     if kind == "side":
         side, obj = rng.choice(options["side"])
