@@ -28,10 +28,31 @@ from torch import nn
 from albef.modeling.fusion.visual import VisualInput
 
 
-class _QKV(nn.Module):
-    """``query`` from the text width, ``key``/``value`` from the (possibly different) context width."""
+ATTN_IMPLEMENTATIONS = ("sdpa", "explicit")
 
-    def __init__(self, hidden: int, context_width: int, num_heads: int, attn_dropout: float):
+
+def check_attn_implementation(value: str, where: str = "model.fusion.attn_implementation") -> str:
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"{where} must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {value!r}")
+    return value
+
+
+class _QKV(nn.Module):
+    """``query`` from the text width, ``key``/``value`` from the (possibly different) context width.
+
+    Attention has two implementations with the same weights and values (``impl``):
+
+    * ``sdpa`` (default): ``F.scaled_dot_product_attention``, fused kernels where the
+      hardware has them; its attention probabilities are never materialised;
+    * ``explicit``: softmax(q k^T / sqrt(d)) v written out. With ``keep_attention`` set,
+      the probabilities [B, heads, L, S] are kept in :attr:`attention_probs` and, when
+      they require grad, their gradient is retained (Grad-CAM reads both).
+
+    ``keep_attention`` forces the explicit path for that call only (SDPA cannot return
+    probabilities); :func:`albef.modeling.gradcam.keep_attention` sets it on one layer.
+    """
+
+    def __init__(self, hidden: int, context_width: int, num_heads: int, attn_dropout: float, impl: str = "sdpa", causal: bool = False):
         super().__init__()
         if hidden % num_heads:
             raise ValueError(f"hidden size {hidden} is not divisible by num_heads {num_heads}")
@@ -41,20 +62,42 @@ class _QKV(nn.Module):
         self.key = nn.Linear(context_width, hidden)
         self.value = nn.Linear(context_width, hidden)
         self.attn_dropout = attn_dropout
+        self.impl = check_attn_implementation(impl)
+        self.causal = bool(causal)
+        self.keep_attention = False
+        self.attention_probs: torch.Tensor | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, H] -> [B, h, S, d]
         b, s, _ = x.shape
         return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
-        """x [B, L, H]; context [B, S, C]; context_mask [B, S] (1 = attend) -> [B, L, H]."""
-        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+    def _mask(self, context_mask: torch.Tensor | None, l: int, s: int, device) -> torch.Tensor | None:
+        """Boolean [B or 1, 1, L or 1, S] mask (True = attend), or None."""
         attn_mask = None
         if context_mask is not None:
             attn_mask = context_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, S]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        if self.causal:  # position i sees positions <= i (the answer decoder's self-attention)
+            tri = torch.ones(l, s, dtype=torch.bool, device=device).tril()[None, None]
+            attn_mask = tri if attn_mask is None else attn_mask & tri
+        return attn_mask
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, L, H]; context [B, S, C]; context_mask [B, S] (1 = attend) -> [B, L, H]."""
+        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+        attn_mask = self._mask(context_mask, q.shape[2], k.shape[2], q.device)
+        p_drop = self.attn_dropout if self.training else 0.0
+        if self.impl == "sdpa" and not self.keep_attention:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p_drop)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            probs = scores.softmax(dim=-1)
+            if self.keep_attention:
+                self.attention_probs = probs
+                if probs.requires_grad:
+                    probs.retain_grad()
+            out = F.dropout(probs, p_drop) @ v if p_drop else probs @ v
         b, _, l, _ = out.shape
         return out.transpose(1, 2).reshape(b, l, self.num_heads * self.head_dim)
 
@@ -71,9 +114,9 @@ class _AddNorm(nn.Module):
 
 
 class _Attention(nn.Module):
-    def __init__(self, hidden: int, context_width: int, num_heads: int, eps: float, dropout: float, attn_dropout: float):
+    def __init__(self, hidden: int, context_width: int, num_heads: int, eps: float, dropout: float, attn_dropout: float, impl: str = "sdpa", causal: bool = False):
         super().__init__()
-        self.self = _QKV(hidden, context_width, num_heads, attn_dropout)
+        self.self = _QKV(hidden, context_width, num_heads, attn_dropout, impl=impl, causal=causal)
         self.output = _AddNorm(hidden, hidden, eps, dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
@@ -90,10 +133,14 @@ class _Intermediate(nn.Module):
 
 
 class FusionLayer(nn.Module):
-    def __init__(self, hidden: int, encoder_width: int, num_heads: int, ffn: int, eps: float, dropout: float, attn_dropout: float):
+    """Post-LN BERT layer with cross-attention. ``causal``: the self-attention sees only
+    earlier positions (a decoder layer: BERT's ``is_decoder``)."""
+
+    def __init__(self, hidden: int, encoder_width: int, num_heads: int, ffn: int, eps: float, dropout: float, attn_dropout: float,
+                 impl: str = "sdpa", causal: bool = False):
         super().__init__()
-        self.attention = _Attention(hidden, hidden, num_heads, eps, dropout, attn_dropout)
-        self.crossattention = _Attention(hidden, encoder_width, num_heads, eps, dropout, attn_dropout)
+        self.attention = _Attention(hidden, hidden, num_heads, eps, dropout, attn_dropout, impl=impl, causal=causal)
+        self.crossattention = _Attention(hidden, encoder_width, num_heads, eps, dropout, attn_dropout, impl=impl)
         self.intermediate = _Intermediate(hidden, ffn)
         self.output = _AddNorm(ffn, hidden, eps, dropout)
 
@@ -115,6 +162,11 @@ class CrossAttentionFusion(nn.Module):
             NLVR2); layer i attends to set ``i % num_visual_inputs``.
         share_cross_kv: layers (2k, 2k+1) share one cross-attention key and value
             (official NLVR2 / text-assignment models); needs an even ``num_layers``.
+        attn_implementation: ``sdpa`` (fused kernels, default) or ``explicit`` (softmax
+            written out; same values). Either way one layer can be asked to keep its
+            attention probabilities and their gradients (Grad-CAM,
+            :func:`albef.modeling.gradcam.keep_attention`), which runs that layer explicitly.
+        causal: causal self-attention in every layer (the VQA answer decoder).
         num_heads, intermediate_size, hidden_dropout_prob, attention_probs_dropout_prob,
         layer_norm_eps: default to the text encoder's BERT config.
         hidden_size, encoder_width, text_config: supplied by the model builder.
@@ -131,6 +183,8 @@ class CrossAttentionFusion(nn.Module):
         initializer_range: float | None = None,
         num_visual_inputs: int = 1,
         share_cross_kv: bool = False,
+        attn_implementation: str = "sdpa",
+        causal: bool = False,
         hidden_size: int = 768,
         encoder_width: int = 768,
         text_config=None,
@@ -150,8 +204,11 @@ class CrossAttentionFusion(nn.Module):
         self.initializer_range = pick(initializer_range, "initializer_range", 0.02)
         self.hidden_size = hidden_size
         self.encoder_width = encoder_width
+        check_attn_implementation(attn_implementation)
+        self.causal = bool(causal)
         self.layer = nn.ModuleList(
-            FusionLayer(hidden_size, encoder_width, heads, ffn, eps, dropout, attn_dropout) for _ in range(num_layers)
+            FusionLayer(hidden_size, encoder_width, heads, ffn, eps, dropout, attn_dropout, impl=attn_implementation, causal=causal)
+            for _ in range(num_layers)
         )
         self.apply(self._init_weights)
         if num_visual_inputs < 1:
