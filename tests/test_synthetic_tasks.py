@@ -19,7 +19,9 @@ from conftest import tree_bytes
 
 from albef.data.synthetic import tasks
 from albef.data.synthetic.shapes import generate_synthetic
-from albef.data.synthetic.tasks import TASKS, generate_task_data, task_paths
+from albef.data.synthetic.tasks import generate_task_data, task_paths
+
+TASKS = ("retrieval", "ve", "nlvr")  # the tasks tested here (vqa, grounding: test_synthetic_vqa_grounding.py)
 
 PRETRAIN = dict(seed=0, image_size=32, num_train_images=48, num_test_groups=3, num_colors=5,
                 num_shapes=3, test_group_size=2, holdout_test_scenes=False)
@@ -226,7 +228,7 @@ def test_paths_and_layout(pre, made):
     assert sorted(os.listdir(os.path.join(pre, "nlvr", "images"))) == ["test", "train", "val"]
     assert not [n for n in os.listdir(pre) if ".tmp-" in n]
     with pytest.raises(ValueError, match="unknown task"):
-        task_paths(pre, "vqa")
+        task_paths(pre, "captioning")
 
 
 def test_retrieval_json_format(made):
@@ -377,7 +379,7 @@ def test_missing_pretraining_root_raises(tmp_path):
 def test_bad_arguments_raise(pre, tmp_path):
     root = _copy_pretraining(pre, str(tmp_path / "copy"))
     with pytest.raises(ValueError, match="unknown task"):
-        generate_task_data(root, "vqa")
+        generate_task_data(root, "captioning")
     with pytest.raises(ValueError, match="num_test"):
         generate_task_data(root, "retrieval", num_train=4, num_val=2, num_test=3)  # pairs: even
     with pytest.raises(ValueError, match="num_val"):

@@ -225,7 +225,12 @@ def _place(relation: str, size_a: float, size_b: float, image_size: int, rng: ra
     return (off_a, on_a), (off_b, on_b)
 
 
-def _render(scene: Scene, image_size: int, rng: random.Random, jpeg_quality: int) -> bytes:
+def _render_with_boxes(scene: Scene, image_size: int, rng: random.Random, jpeg_quality: int) -> tuple[bytes, list[list[float]]]:
+    """The JPEG bytes of ``scene`` and the boxes ``[[x, y, w, h] of object 1, [x, y, w, h] of
+    object 2]`` (objects in the order of the scene tuple): each shape's square bounding box
+    in pixels of the stored image, as floats (``x, y``: top-left corner; ``w == h``: the
+    shape's size).  The circle is inscribed in its box, the triangle and the cross span it.
+    """
     c1, s1, r, c2, s2 = scene
     size_a = rng.uniform(*_SIZE_RANGE) * image_size
     size_b = rng.uniform(*_SIZE_RANGE) * image_size
@@ -245,7 +250,13 @@ def _render(scene: Scene, image_size: int, rng: random.Random, jpeg_quality: int
     buf = io.BytesIO()
     # 4:4:4 chroma (subsampling=0): small images keep their colours crisp
     img.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0, optimize=False)
-    return buf.getvalue()
+    boxes = [[cx - size / 2.0, cy - size / 2.0, size, size] for cx, cy, size in ((xa, ya, size_a), (xb, yb, size_b))]
+    return buf.getvalue(), boxes
+
+
+def _render(scene: Scene, image_size: int, rng: random.Random, jpeg_quality: int) -> bytes:
+    """The JPEG bytes of ``scene`` (see :func:`_render_with_boxes`)."""
+    return _render_with_boxes(scene, image_size, rng, jpeg_quality)[0]
 
 
 # --------------------------------------------------------------------------- generate

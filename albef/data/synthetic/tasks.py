@@ -21,14 +21,52 @@ tokenises without ``[UNK]`` (a model pretrained on ``root`` is fine-tuned on the
     root/nlvr/                            image root: root/nlvr
       images/{train,val,test}/000000.jpg  pair i shows images 2i (left) and 2i+1 (right)
       {train,val,test}.json  [{"images": [left, right], "sentence": str, "label": "True" | "False"}, ...]
+    root/vqa/                             image root: root/vqa
+      images/{train,val,test}/000000.jpg  one scene per image, 4 questions of different kinds each
+      {train,val,test}.json  [{"question_id": int (unique over all splits), "question": str,
+                               "answer": [10 annotator answers], "image": "images/train/000000.jpg",
+                               "dataset": "vqa"}, ...]
+                             6-10 annotators give the correct answer (always the strict
+                             plurality), the others a wrong answer of the same kind
+      answer_list.json       every candidate answer, sorted: colours, shapes, relations,
+                             "none"/"one"/"two" and every "<colour> <shape>"
+    root/grounding/                       image root: root/grounding
+      images/{train,val,test}/000000.jpg
+      train.json  [{"image": "images/train/000000.jpg", "text": str}, ...]  3 expressions per image
+      {val,test}.json  [{"image": ..., "text": str, "ref_id": int}, ...]  one expression per object
+      refs.json   [{"ref_id", "image_id", "image", "bbox": [x, y, w, h], "split": "val" | "test",
+                    "text"}, ...]  every val/test expression; bbox: the referent's box in pixels
+      dets.json   {"<image_id>": [[x, y, w, h], ...]}  candidate boxes of every val/test image: both
+                  objects' boxes jittered (IoU >= 0.7 with the truth) and 3 distractors (IoU < 0.3
+                  with each object), shuffled
     root/<task>/manifest.json  format version, params (incl. the pretraining params),
-                               counts, label counts, and the scene(s) of every entry
+                               counts, label counts (ve, nlvr), and the scene(s) of every entry
 
 A scene is ``(colour1, shape1, relation, colour2, shape2)`` as in :mod:`.shapes`; every
 text is derived from the scene(s) of its image(s) and is literally true or false of them
 as labelled.  The manifest stores, per split, ``scenes[split][i]``: the canonical scene of
-entry ``i`` (retrieval, ve) or the ``[left, right]`` scenes (nlvr), and ``kinds[split][i]``,
+entry ``i`` (retrieval, ve, vqa, grounding) or the ``[left, right]`` scenes (nlvr), and ``kinds[split][i]``,
 how the text was made.
+
+VQA questions (kinds "color", "shape", "relation", "object", "count"; one correct answer each)::
+
+    what colour do we see on the circle                    -> red      (the shape is unique in the scene)
+    what shape do we see in red                            -> circle   (the colour is unique in the scene)
+    where do we see the red circle relative to the blue square -> left / right / above / below
+    what do we see left of the blue square                 -> red circle
+    how often do we see a circle / how often do we see red -> none / one / two
+
+The manifest also holds ``answer_counts[split]`` (correct answers) and ``majority_baseline``
+(the most common correct train answer and its val/test accuracy under :func:`vqa_accuracy`).
+
+Grounding expressions (kinds "color_shape", "shape", "color", "relation"), each naming
+exactly one of the two objects: "the red circle", "the circle" (shape unique), "the red one"
+(colour unique), "the circle left of the blue square" / "the red circle left of the blue
+square".  The manifest also holds ``referents[split][i]`` (0 or 1: which object of the
+scene), ``objects[split][image]`` (both objects with their boxes) and ``chance_acc[split]``
+(picking a candidate box at random; IoU >= 0.5 by :func:`box_iou_official`, the official
+inclusive-pixel ``computeIoU``).  Boxes are ``[x, y, w, h]`` floats (2 decimals): each shape's
+square bounding box (:func:`.shapes._render_with_boxes`).
 
 Vocabulary: the pretraining vocabulary holds the special tokens, the characters of the
 pretraining captions (``##`` continuations only of characters that occur inside a word)
@@ -37,9 +75,11 @@ and every pretraining caption word.  With the default world (5 colours, 3 shapes
 ``[UNK]``; the templates avoid them (e.g. "we see ...", "... can be seen", "in each
 picture").  Every template word is checked with the pretraining tokenizer before anything
 is written, and a ValueError names the words that cannot be tokenised.  The pretraining
-vocabulary holds every task word as one token (:func:`task_words`, used by
-``shapes._build_vocab``); ``manifest["max_text_tokens"]`` is the longest text in word pieces
-(without [CLS]/[SEP]).
+vocabulary holds every retrieval/ve/nlvr word as one token (:func:`task_words`, used by
+``shapes._build_vocab``); the vqa and grounding words are not added (the pretraining data
+stays byte-identical), so several of them ("what", "colour", "where", "relative", "how",
+"often", "none", "two", ...) are split into word pieces; ``manifest["max_text_tokens"]`` is
+the longest text in word pieces (without [CLS]/[SEP]; vqa: questions and answers).
 """
 from __future__ import annotations
 
@@ -60,20 +100,31 @@ from albef.data.synthetic.shapes import (
     _group_scenes,
     _noun_phrase,
     _palette,
+    _phrase,
     _render,
+    _render_with_boxes,
     canonical_scene,
 )
 
-__all__ = ["TASKS", "TASK_FORMAT_VERSION", "VE_LABELS", "NLVR_LABELS", "UNRENDERED_PROPERTIES", "generate_task_data", "task_paths"]
+__all__ = [
+    "TASKS", "TASK_FORMAT_VERSION", "VE_LABELS", "NLVR_LABELS", "VQA_KINDS", "VQA_COUNTS", "GROUNDING_KINDS",
+    "UNRENDERED_PROPERTIES", "generate_task_data", "task_paths", "vqa_accuracy", "box_iou_official",
+]
 
-TASKS = ("retrieval", "ve", "nlvr")
+TASKS = ("retrieval", "ve", "nlvr", "vqa", "grounding")
 TASK_FORMAT_VERSION = 1
 JPEG_QUALITY = 95
 VE_LABELS = ("entailment", "neutral", "contradiction")
 NLVR_LABELS = ("True", "False")
 _SPLITS = ("train", "val", "test")
-#: default (num_train, num_val, num_test): images (retrieval, ve) or pairs (nlvr)
-_DEFAULTS = {"retrieval": (3000, 52, 104), "ve": (2000, 150, 300), "nlvr": (12000, 200, 400)}
+#: default (num_train, num_val, num_test): images (retrieval, ve, vqa, grounding) or pairs (nlvr)
+_DEFAULTS = {
+    "retrieval": (3000, 52, 104),
+    "ve": (2000, 150, 300),
+    "nlvr": (12000, 200, 400),
+    "vqa": (2000, 150, 300),
+    "grounding": (2000, 150, 300),
+}
 
 # Properties the renderer never shows: a statement giving one of them to an object that is
 # in the picture is neither shown nor ruled out by it (VE "neutral").
@@ -141,6 +192,36 @@ _NLVR_NEITHER = ("we see {A} in neither picture",)
 _NLVR_SIDE_RELATION = ("in the {side} picture we see {A} {rel} {B}",)
 _NLVR_KINDS = ("side", "each", "one", "neither", "side_relation")
 _NLVR_KIND_WEIGHTS = (0.3, 0.15, 0.15, 0.1, 0.3)
+# VQA questions, one template per kind (each has exactly one correct answer of its kind).
+# {shape}/{color}: a palette word; {a}/{b}: "red circle"; {rel}: "left of", "above", ...;
+# {A}: "a circle".  Their words are checked with the pretraining tokenizer but are not part
+# of task_words() (the pretraining vocabulary stays as it is): most fall into word pieces.
+VQA_KINDS = ("color", "shape", "relation", "object", "count")
+VQA_COUNTS = ("none", "one", "two")  # answers of "count" questions: 0, 1, 2 objects
+_VQA_TEMPLATES = {
+    "color": "what colour do we see on the {shape}",  # only when the shape is unique in the scene
+    "shape": "what shape do we see in {color}",  # only when the colour is unique in the scene
+    "relation": "where do we see the {a} relative to the {b}",  # -> left / right / above / below
+    "object": "what do we see {rel} the {b}",  # -> "red circle"
+    "count_shape": "how often do we see {A}",  # -> none / one / two
+    "count_color": "how often do we see {color}",
+}
+_VQA_QUESTIONS_PER_IMAGE = 4  # of 4 different kinds
+_VQA_NUM_ANSWERS = 10  # annotators per question, as in VQA v2
+_VQA_CORRECT_ANNOTATORS = (10, 9, 8, 7, 6)  # drawn uniformly; the rest give a wrong answer
+_VQA_COUNT_ABSENT = 0.4  # share of count questions about an attribute not in the picture
+# Referring expressions of one object of a picture (the other object differs from it).
+GROUNDING_KINDS = ("color_shape", "shape", "color", "relation")
+_GROUNDING_TEMPLATES = {
+    "color_shape": "the {color} {shape}",  # always unique
+    "shape": "the {shape}",  # only when the shape is unique in the scene
+    "color": "the {color} one",  # only when the colour is unique in the scene
+    "relation": "the {head} {rel} the {other}",  # head: "circle" (if unique) or "red circle"
+}
+_GROUNDING_TRAIN_PER_IMAGE = 3  # train: expressions per image (either object); val/test: one per object
+_GROUNDING_NUM_DISTRACTORS = 3  # dets.json: random boxes besides the two (jittered) object boxes
+_DET_MIN_IOU = 0.7  # a jittered object box overlaps its ground truth at least this much
+_DISTRACTOR_MAX_IOU = 0.3  # a distractor overlaps each object box less than this
 
 Scene = tuple
 Obj = tuple  # (colour, shape)
@@ -148,7 +229,8 @@ Obj = tuple  # (colour, shape)
 
 # ------------------------------------------------------------------------------ paths
 def task_paths(root: str, task: str) -> dict:
-    """``{"dir", "train", "val", "test", "manifest", "image_root", "vocab"}`` of a task under ``root``.
+    """``{"dir", "train", "val", "test", "manifest", "image_root", "vocab"}`` of a task under ``root``
+    (vqa also ``"answer_list"``, grounding also ``"refs"`` and ``"dets"``).
 
     ``image_root`` is what the task's JSON image paths are relative to (``root/<task>``,
     or ``root/ve/images`` for the VE ids); ``vocab`` is the pretraining vocabulary.
@@ -161,6 +243,8 @@ def task_paths(root: str, task: str) -> dict:
         "manifest": os.path.join(d, "manifest.json"),
         "image_root": os.path.join(d, "images") if task == "ve" else d,
         "vocab": os.path.join(os.fspath(root), "vocab.txt"),
+        **({"answer_list": os.path.join(d, "answer_list.json")} if task == "vqa" else {}),
+        **({"refs": os.path.join(d, "refs.json"), "dets": os.path.join(d, "dets.json")} if task == "grounding" else {}),
     }
 
 
@@ -242,6 +326,23 @@ def _template_words() -> set[str]:
     words = {w for t in templates for w in t.split() if not w.startswith("{")}
     words |= {w for phrases in _REL_PHRASES.values() for p in phrases for w in p.split()}
     words |= {"a", "an", "the", "left", "right"} | set(UNRENDERED_PROPERTIES)
+    return words
+
+
+def _extra_template_words(task: str) -> set[str]:
+    """The fixed words of the vqa / grounding templates and answers (empty for the other
+    tasks).  Not in :func:`task_words`: the pretraining vocabulary does not change for them,
+    and the words must only tokenise without [UNK] (most become several word pieces)."""
+    if task == "vqa":
+        templates = list(_VQA_TEMPLATES.values())
+        words = set(VQA_COUNTS) | set(shapes.RELATIONS) | {"a", "an"}
+    elif task == "grounding":
+        templates = list(_GROUNDING_TEMPLATES.values())
+        words = set()
+    else:
+        return set()
+    words |= {w for t in templates for w in t.split() if not w.startswith("{")}
+    words |= {w for r in shapes.RELATIONS for w in _phrase(r).split()}
     return words
 
 
@@ -514,12 +615,275 @@ def _build_nlvr(p: dict, tag: str, colors, shapes_):
     return ann, scenes, {"kinds": kinds}, renders
 
 
-_BUILDERS = {"retrieval": _build_retrieval, "ve": _build_ve, "nlvr": _build_nlvr}
+# ------------------------------------------------------------------------------- vqa
+def vqa_accuracy(pred: str, answers: list[str]) -> float:
+    """The official VQA accuracy of the answer ``pred`` given the annotators' ``answers``:
+    the mean, over the ``n`` ways of leaving one annotator out, of ``min(#matches among the
+    other n - 1 / 3, 1)``; with ``c`` matching annotators that is
+    ``(c * min((c - 1) / 3, 1) + (n - c) * min(c / 3, 1)) / n`` (10 annotators: 3 or more
+    matches give 1.0, 2 give 0.6, 1 gives 0.3)."""
+    n = len(answers)
+    if n == 0:
+        raise ValueError("vqa_accuracy needs at least one annotator answer")
+    c = sum(a == pred for a in answers)
+    return (c * min((c - 1) / 3.0, 1.0) + (n - c) * min(c / 3.0, 1.0)) / n
+
+
+def _words(obj: Obj) -> str:
+    """``"red circle"``: an object without article (a VQA answer, part of a question)."""
+    return f"{obj[0]} {obj[1]}"
+
+
+def _vqa_questions(sc: Scene) -> dict[str, list[tuple[str, str, str | None]]]:
+    """kind -> ``[(question, correct answer, plausible wrong answer or None)]`` of the kinds
+    that do not need a random choice (all but "count"); each question has one correct answer."""
+    objs = _objects(sc)
+    out: dict[str, list] = {k: [] for k in VQA_KINDS if k != "count"}
+    for o, other in ((objs[0], objs[1]), (objs[1], objs[0])):
+        if o[1] != other[1]:  # the shape names one object
+            out["color"].append((_VQA_TEMPLATES["color"].format(shape=o[1]), o[0], other[0] if other[0] != o[0] else None))
+        if o[0] != other[0]:  # the colour names one object
+            out["shape"].append((_VQA_TEMPLATES["shape"].format(color=o[0]), o[1], other[1] if other[1] != o[1] else None))
+    c1, s1, r, c2, s2 = sc
+    for st in ((c1, s1, r, c2, s2), (c2, s2, _INVERSE[r], c1, s1)):  # either object's point of view
+        a, b = (st[0], st[1]), (st[3], st[4])
+        out["relation"].append((_VQA_TEMPLATES["relation"].format(a=_words(a), b=_words(b)), st[2], _INVERSE[st[2]]))
+        out["object"].append((_VQA_TEMPLATES["object"].format(rel=_phrase(st[2]), b=_words(b)), _words(a), _words(b)))
+    return out
+
+
+def _vqa_count_question(sc: Scene, colors, shapes_, rng: random.Random) -> tuple[str, str, None]:
+    """"how often do we see a circle / red" about a palette shape or colour seen 0, 1 or 2
+    times: absent in about _VQA_COUNT_ABSENT of the questions, otherwise one in the picture
+    (the one both objects share, when there is one, half of the time)."""
+    objs = _objects(sc)
+    n_of = {("shape", s): sum(o[1] == s for o in objs) for s in shapes_}
+    n_of.update({("color", c): sum(o[0] == c for o in objs) for c in colors})
+    absent = [k for k, n in n_of.items() if n == 0]
+    present = [k for k, n in n_of.items() if n > 0]
+    twice = [k for k in present if n_of[k] == 2]
+    if absent and rng.random() < _VQA_COUNT_ABSENT:
+        key = rng.choice(absent)
+    elif twice and rng.random() < 0.5:
+        key = twice[0]
+    else:
+        key = rng.choice(present)
+    what, word = key
+    if what == "shape":
+        question = _VQA_TEMPLATES["count_shape"].format(A=f"{'an' if word[0] in 'aeiou' else 'a'} {word}")
+    else:
+        question = _VQA_TEMPLATES["count_color"].format(color=word)
+    return question, VQA_COUNTS[n_of[key]], None
+
+
+def _vqa_annotators(correct: str, plausible: str | None, pool: list[str], rng: random.Random) -> list[str]:
+    """_VQA_NUM_ANSWERS annotator answers: ``k`` of _VQA_CORRECT_ANNOTATORS give the correct
+    one, each other one a wrong answer of the same kind (``plausible`` half of the time, when
+    given); k >= 6 of 10, so the correct answer is always the strict plurality."""
+    k = rng.choice(_VQA_CORRECT_ANNOTATORS)
+    others = [a for a in pool if a != correct]
+    wrong = [plausible if plausible is not None and rng.random() < 0.5 else rng.choice(others)
+             for _ in range(_VQA_NUM_ANSWERS - k)]
+    answers = [correct] * k + wrong
+    rng.shuffle(answers)
+    return answers
+
+
+def _vqa_answer_pools(colors, shapes_) -> dict[str, list[str]]:
+    """kind -> every answer a question of that kind can have."""
+    return {
+        "color": list(colors),
+        "shape": list(shapes_),
+        "relation": list(shapes.RELATIONS),
+        "object": [_words((c, s)) for c in colors for s in shapes_],
+        "count": list(VQA_COUNTS),
+    }
+
+
+def _build_vqa(p: dict, tag: str, colors, shapes_):
+    """One scene per image (balanced passes), _VQA_QUESTIONS_PER_IMAGE questions of different
+    kinds per image, each with _VQA_NUM_ANSWERS annotator answers."""
+    pool = _all_canonical_scenes(colors, shapes_)
+    answer_pools = _vqa_answer_pools(colors, shapes_)
+    ann, scenes, kinds, correct, renders = {}, {}, {}, {}, []
+    question_id = 0
+    for split in _SPLITS:
+        split_scenes = _balanced(pool, p[f"num_{split}"], random.Random(f"{tag}/{split}-scenes"))
+        rng = random.Random(f"{tag}/{split}-questions")
+        answer_rng = random.Random(f"{tag}/{split}-answers")
+        ann[split], scenes[split], kinds[split], correct[split] = [], [], [], []
+        for i, sc in enumerate(split_scenes):
+            rel = f"images/{split}/{i:06d}.jpg"
+            renders.append((rel, sc, f"{tag}/render/{split}/{i}"))
+            fixed = _vqa_questions(sc)
+            available = [k for k in VQA_KINDS if k == "count" or fixed[k]]  # >= 4: colour or shape differs
+            for kind in rng.sample(available, _VQA_QUESTIONS_PER_IMAGE):
+                if kind == "count":
+                    question, answer, plausible = _vqa_count_question(sc, colors, shapes_, rng)
+                else:
+                    question, answer, plausible = rng.choice(fixed[kind])
+                answers = _vqa_annotators(answer, plausible, answer_pools[kind], answer_rng)
+                ann[split].append({"question_id": question_id, "question": question, "answer": answers,
+                                   "image": rel, "dataset": "vqa"})
+                scenes[split].append(list(sc))
+                kinds[split].append(kind)
+                correct[split].append(answer)
+                question_id += 1
+    answer_list = sorted({a for answers in answer_pools.values() for a in answers})
+    train_counts = Counter(correct["train"])
+    majority = min(train_counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    baseline = {"answer": majority}
+    for split in ("val", "test"):
+        accs = [vqa_accuracy(majority, e["answer"]) for e in ann[split]]
+        baseline[f"{split}_acc"] = round(sum(accs) / len(accs), 6)
+    extra = {
+        "kinds": kinds,
+        # how often each correct answer occurs
+        "answer_counts": {split: dict(sorted(Counter(correct[split]).items())) for split in _SPLITS},
+        # always answering the most common correct answer of train (official VQA accuracy)
+        "majority_baseline": baseline,
+        "files": {"answer_list.json": answer_list},
+    }
+    return ann, scenes, extra, renders
+
+
+# ------------------------------------------------------------------------- grounding
+def box_iou_official(a, b) -> float:
+    """IoU of two ``[x, y, w, h]`` boxes as the official ALBEF/refer evaluation computes it
+    (``computeIoU``): inclusive pixel coordinates, ``x2 = x + w - 1``; the intersection is
+    ``(min(x2) - max(x1) + 1) * (min(y2) - max(y1) + 1)`` when ``max(x1) < min(x2)`` and
+    ``max(y1) < min(y2)`` (strictly), else 0; the union is ``w_a * h_a + w_b * h_b - inter``."""
+    ix1, iy1 = max(a[0], b[0]), max(a[1], b[1])
+    ix2 = min(a[0] + a[2] - 1, b[0] + b[2] - 1)
+    iy2 = min(a[1] + a[3] - 1, b[1] + b[3] - 1)
+    inter = (ix2 - ix1 + 1) * (iy2 - iy1 + 1) if ix1 < ix2 and iy1 < iy2 else 0
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return float(inter) / union
+
+
+def _grounding_options(sc: Scene, ref: int, rng: random.Random) -> list[tuple[str, str]]:
+    """``[(kind, expression)]`` that name object ``ref`` (0 or 1) of ``sc`` and not the other one."""
+    objs = _objects(sc)
+    o, other = objs[ref], objs[1 - ref]
+    rel = sc[2] if ref == 0 else _INVERSE[sc[2]]  # where the referent is relative to the other object
+    out = [("color_shape", _GROUNDING_TEMPLATES["color_shape"].format(color=o[0], shape=o[1]))]
+    if o[1] != other[1]:
+        out.append(("shape", _GROUNDING_TEMPLATES["shape"].format(shape=o[1])))
+    if o[0] != other[0]:
+        out.append(("color", _GROUNDING_TEMPLATES["color"].format(color=o[0])))
+    head = o[1] if o[1] != other[1] and rng.random() < 0.5 else _words(o)
+    out.append(("relation", _GROUNDING_TEMPLATES["relation"].format(head=head, rel=_phrase(rel), other=_words(other))))
+    return out
+
+
+def _round_box(box) -> list[float]:
+    return [round(float(v), 2) for v in box]
+
+
+def _jittered_box(box, image_size: int, rng: random.Random) -> list[float]:
+    """``box`` moved and rescaled a little, as a detector would find it (inside the image,
+    IoU >= _DET_MIN_IOU with ``box``)."""
+    x, y, w, h = box
+    for _ in range(10000):
+        nw, nh = w * rng.uniform(0.88, 1.12), h * rng.uniform(0.88, 1.12)
+        cx, cy = x + w / 2 + rng.uniform(-0.08, 0.08) * w, y + h / 2 + rng.uniform(-0.08, 0.08) * h
+        x1, y1 = round(max(0.0, cx - nw / 2), 2), round(max(0.0, cy - nh / 2), 2)
+        x2, y2 = round(min(float(image_size), cx + nw / 2), 2), round(min(float(image_size), cy + nh / 2), 2)
+        cand = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+        if box_iou_official(cand, box) >= _DET_MIN_IOU:
+            return cand
+    raise RuntimeError(f"cannot jitter {box} within IoU {_DET_MIN_IOU}")  # cannot happen
+
+
+def _distractor_box(gt_boxes, image_size: int, rng: random.Random) -> list[float]:
+    """A random box of the objects' size range inside the image, IoU < _DISTRACTOR_MAX_IOU
+    with every object box."""
+    lo, hi = (f * image_size for f in shapes._SIZE_RANGE)
+    for _ in range(10000):
+        w, h = round(rng.uniform(lo, hi), 2), round(rng.uniform(lo, hi), 2)
+        cand = [round(rng.uniform(0, image_size - w), 2), round(rng.uniform(0, image_size - h), 2), w, h]
+        if all(box_iou_official(cand, g) < _DISTRACTOR_MAX_IOU for g in gt_boxes):
+            return cand
+    raise RuntimeError(f"no distractor box of IoU < {_DISTRACTOR_MAX_IOU} in a {image_size}px image")  # cannot happen
+
+
+def _build_grounding(p: dict, tag: str, colors, shapes_):
+    """One scene per image (balanced passes), rendered with its objects' boxes; train:
+    _GROUNDING_TRAIN_PER_IMAGE distinct expressions per image (either object), val/test: one
+    expression per object, each a ref of refs.json, and per image the candidate boxes of
+    dets.json (both objects' boxes jittered, plus _GROUNDING_NUM_DISTRACTORS distractors)."""
+    pool = _all_canonical_scenes(colors, shapes_)
+    size, quality = p["image_size"], p["jpeg_quality"]
+    ann, scenes, kinds, referents, objects, renders = {}, {}, {}, {}, {}, []
+    refs, dets, chance = [], {}, {}
+    ref_id = image_id = 0
+    for split in _SPLITS:
+        split_scenes = _balanced(pool, p[f"num_{split}"], random.Random(f"{tag}/{split}-scenes"))
+        rng = random.Random(f"{tag}/{split}-expressions")
+        det_rng = random.Random(f"{tag}/{split}-dets")
+        ann[split], scenes[split], kinds[split], referents[split], objects[split] = [], [], [], [], []
+        hits = []  # per expression: share of candidate boxes with IoU >= 0.5 to the referent's box
+        for i, sc in enumerate(split_scenes):
+            rel = f"images/{split}/{i:06d}.jpg"
+            rtag = f"{tag}/render/{split}/{i}"
+            data, boxes = _render_with_boxes(sc, size, random.Random(rtag), quality)
+            boxes = [_round_box(b) for b in boxes]
+            renders.append((rel, sc, rtag, data))
+            objects[split].append([{"color": o[0], "shape": o[1], "bbox": b} for o, b in zip(_objects(sc), boxes)])
+            if split == "train":
+                options = [(ref, kind, text) for ref in (0, 1) for kind, text in _grounding_options(sc, ref, rng)]
+                chosen = rng.sample(options, min(_GROUNDING_TRAIN_PER_IMAGE, len(options)))
+            else:
+                chosen = [(ref, *rng.choice(_grounding_options(sc, ref, rng))) for ref in (0, 1)]
+                cands = [_jittered_box(b, size, det_rng) for b in boxes]
+                cands += [_distractor_box(boxes, size, det_rng) for _ in range(_GROUNDING_NUM_DISTRACTORS)]
+                det_rng.shuffle(cands)
+                dets[str(image_id)] = cands
+            for ref, kind, text in chosen:
+                if split == "train":
+                    ann[split].append({"image": rel, "text": text})
+                else:
+                    ann[split].append({"image": rel, "text": text, "ref_id": ref_id})
+                    refs.append({"ref_id": ref_id, "image_id": image_id, "image": rel, "bbox": boxes[ref],
+                                 "split": split, "text": text})
+                    hits.append(sum(box_iou_official(c, boxes[ref]) >= 0.5 for c in cands) / len(cands))
+                    ref_id += 1
+                scenes[split].append(list(sc))
+                kinds[split].append(kind)
+                referents[split].append(ref)
+            if split != "train":
+                image_id += 1
+        if split != "train":
+            chance[split] = round(sum(hits) / len(hits), 6)
+    extra = {
+        "kinds": kinds,
+        # which object of the scene (0: colour1/shape1, 1: colour2/shape2) entry i refers to
+        "referents": referents,
+        # per image: both objects with their ground-truth [x, y, w, h] boxes (pixels)
+        "objects": objects,
+        # picking a candidate box of dets.json at random: mean share of boxes with IoU >= 0.5
+        "chance_acc": chance,
+        "files": {"refs.json": refs, "dets.json": dets},
+    }
+    return ann, scenes, extra, renders
+
+
+_BUILDERS = {
+    "retrieval": _build_retrieval,
+    "ve": _build_ve,
+    "nlvr": _build_nlvr,
+    "vqa": _build_vqa,
+    "grounding": _build_grounding,
+}
 
 
 def _texts(task: str, entry: dict) -> list[str]:
     if task == "retrieval":
         return entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
+    if task == "vqa":
+        return [entry["question"], *entry["answer"]]
+    if task == "grounding":
+        return [entry["text"]]
     return [entry["sentence"]]
 
 
@@ -528,19 +892,27 @@ def _build(tmp: str, task: str, p: dict, vocab_path: str) -> None:
     colors, shapes_ = _palette(p["num_colors"], p["num_shapes"])
     checker = _WordChecker(vocab_path)
     checker.check(_template_words(), f"template words of the {task} task")
+    checker.check(_extra_template_words(task), f"template words of the {task} task")
     checker.check(list(colors) + list(shapes_), "colour/shape words")
 
     ann, scenes, extra, renders = _BUILDERS[task](p, tag, colors, shapes_)
+    files = extra.pop("files", {})  # further JSON files of the task (answer_list, refs, dets)
     max_tokens = checker.max_tokens(t for split in _SPLITS for e in ann[split] for t in _texts(task, e))
 
     os.makedirs(os.path.join(tmp, "images"))
     if task != "ve":  # ve keeps all splits in one folder (ids "<split>_<index>")
         for split in _SPLITS:
             os.makedirs(os.path.join(tmp, "images", split))
-    for rel, sc, rtag in renders:
-        _write_image(tmp, rel, sc, p, rtag)
+    for rel, sc, rtag, *data in renders:  # (rel, scene, render tag[, jpeg bytes already rendered])
+        if data:
+            with open(os.path.join(tmp, rel), "wb") as f:
+                f.write(data[0])
+        else:
+            _write_image(tmp, rel, sc, p, rtag)
     for split in _SPLITS:
         _dump_json(ann[split], os.path.join(tmp, f"{split}.json"))
+    for name, obj in files.items():
+        _dump_json(obj, os.path.join(tmp, name))
 
     counts: dict[str, Any] = {split: len(ann[split]) for split in _SPLITS}
     if task == "nlvr":
@@ -555,7 +927,7 @@ def _build(tmp: str, task: str, p: dict, vocab_path: str) -> None:
         "params": p,
         "counts": counts,
     }
-    if task != "retrieval":
+    if task in ("ve", "nlvr"):
         order = VE_LABELS if task == "ve" else NLVR_LABELS
         manifest["label_counts"] = {
             split: {lab: Counter(e["label"] for e in ann[split])[lab] for lab in order} for split in _SPLITS
@@ -636,8 +1008,10 @@ def generate_task_data(
     ``root`` must hold a complete pretraining dataset (ValueError naming it otherwise);
     image size, colours and shapes come from its manifest, and every text tokenises with its
     ``vocab.txt``.  ``num_*``: images (retrieval: val/test even, pairs of images; ve: three
-    statements per image) or pairs of images (nlvr); None gives the defaults
-    (retrieval 3000/52/104, ve 2000/150/300, nlvr 12000/200/400).
+    statements per image; vqa: four questions per image; grounding: three expressions per
+    train image, two per val/test image) or pairs of images (nlvr); None gives the defaults
+    (retrieval 3000/52/104, ve 2000/150/300, nlvr 12000/200/400, vqa 2000/150/300,
+    grounding 2000/150/300).
 
     Deterministic: the same arguments (and pretraining params) give byte-identical files.
     An existing ``root/<task>`` is reused when its params equal the requested ones; with
