@@ -39,5 +39,10 @@ setup(
         "pillow>=9.0",
         "numpy>=1.24",
     ],
-    extras_require={"dev": ["pytest>=7.0", "pytest-timeout>=2.1"]},
+    extras_require={
+        # charts and Grad-CAM figures (tools/visualize_gradcam.py)
+        "report": ["matplotlib>=3.7"],
+        # the tests also draw a Grad-CAM figure through the CLI
+        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "matplotlib>=3.7"],
+    },
 )

@@ -116,7 +116,8 @@ def test_heads_this_model_lacks_are_dropped_with_reasons(official_sd):
     _, rep = convert_official_to_ours(vqa, build_tiny())
     assert rep.task == "vqa"
     reasons = dict(rep.dropped)
-    assert reasons["text_decoder.cls.predictions.bias"] == "VQA answer decoder: no VQA head in this model yet"
+    assert reasons["text_decoder.cls.predictions.bias"] == ("VQA answer decoder (text_decoder): head 'answer' is not part of this model "
+                                                            "(no objective of this task uses it)")
     assert "vision_proj.weight" in rep.missing and not rep.unexpected
 
     ve = dict(base)
@@ -138,9 +139,11 @@ def test_heads_this_model_lacks_are_dropped_with_reasons(official_sd):
     assert "text_encoder.encoder.layer.5.crossattention.self.key.weight" in rep.unexpected and not rep.complete
     assert any("6 layers with cross-attention from layer 2; this model has 2 text + 2 fusion layers" in w for w in rep.warnings)
 
-    for task in ("vqa", "nlvr", "ve", "nlvr_ta"):
+    for task in ("nlvr", "ve", "nlvr_ta"):
         with pytest.raises(ValueError, match="this model does not have"):
             convert_ours_to_official(build_tiny(), task=task)
+    with pytest.raises(ValueError, match="writing that layout is not supported"):  # read-only layout
+        convert_ours_to_official(build_tiny(), task="vqa")
 
 
 def test_no_teacher_model_drops_momentum_copies_and_writes_them_back(official_sd):

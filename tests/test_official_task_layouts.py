@@ -282,16 +282,16 @@ def test_released_pretraining_layout_onto_task_configs(task, config):
         assert [x[0] for x in rep.interpolated] == ["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"]
 
 
-def test_vqa_layout_decoder_is_dropped_with_its_reason():
+def test_vqa_layout_decoder_becomes_the_answer_head():
     official = read_key_list("vqa_384.txt")
     assert detect_official_task(official) == "vqa"
     ours, dropped, unexpected = official_to_ours_keys(official)
-    reasons = dict(dropped)
     assert not unexpected
-    decoder = [k for k in official if k.startswith(("text_decoder.", "text_decoder_m."))]
-    assert decoder and all(reasons[k] == "VQA answer decoder: no VQA head in this model yet" for k in decoder)
+    assert {why for _, why in dropped} == {"position-id buffer (0..max_len-1), not a weight: transformers rebuilds it",
+                                           "tied: the same tensor as the word embeddings", "tied: the same tensor as cls.predictions.bias"}
+    assert "heads.answer.encoder.layer.5.crossattention.self.key.weight" in ours and "teacher.model.heads.answer.lm.bias" in ours
     assert "fusion.layer.5.crossattention.self.key.weight" in ours and "teacher.model.fusion.layer.5.output.dense.bias" in ours
-    with pytest.raises(ValueError, match="VQA answer decoder"):
+    with pytest.raises(ValueError, match="writing that layout is not supported"):
         convert_ours_to_official(ours, task="vqa")
 
 

@@ -493,8 +493,8 @@ def test_config_synthetic_task_errors(synthetic_root, tmp_path):
     cfg = _task_cfg("ve", synthetic_root, tmp_path, f"data.synthetic_task.root={tmp_path}")
     with pytest.raises(ComponentError, match="root"):
         prepare_synthetic(cfg)
-    cfg = _task_cfg("ve", synthetic_root, tmp_path, "data.synthetic_task.task=vqa")
-    with pytest.raises(DataError, match="vqa"):
+    cfg = _task_cfg("ve", synthetic_root, tmp_path, "data.synthetic_task.task=captioning")
+    with pytest.raises(DataError, match="captioning"):
         prepare_synthetic(cfg)
     cfg = _task_cfg("nlvr", synthetic_root, tmp_path)
     cfg.data.synthetic = None

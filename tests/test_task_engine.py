@@ -121,6 +121,8 @@ def _task_args(task, root, out, *extra):
     ("retrieval", ["retrieval/r_mean", "retrieval_itc/r_mean", "retrieval_val/r_mean", "retrieval_val_itc/txt_r1"], "retrieval_val/r_mean"),
     ("ve", ["ve/acc", "ve_val/acc", "ve/acc_neutral"], "ve_val/acc"),
     ("nlvr", ["nlvr/acc", "nlvr_val/acc", "nlvr/acc_true"], "nlvr_val/acc"),
+    ("vqa", ["vqa/acc", "vqa_val/acc"], "vqa_val/acc"),
+    ("grounding", ["grounding/acc", "grounding/val_acc", "grounding/test_acc", "grounding_itc/val_acc"], "grounding/val_acc"),
 ])
 def test_task_trains_and_evaluates_through_the_cli(task, metrics, best, pretrained, synthetic_root, tmp_path):
     out = str(tmp_path / task)
@@ -128,7 +130,7 @@ def test_task_trains_and_evaluates_through_the_cli(task, metrics, best, pretrain
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"| {metrics[0].split('/')[0]} " in r.stdout  # the metric table is printed
     m = read_metrics(os.path.join(out, "metrics.json"))
-    assert f"loss_{'nlvr' if task == 'nlvr' else 've' if task == 've' else 'itc'}" in m[0]
+    assert f"loss_{task if task in ('nlvr', 've', 'vqa') else 'itc'}" in m[0]
     for it in (1, 4):  # after 2 iterations (eval_period 2) and at the end: val and test each time
         for k in metrics:
             assert 0.0 <= m[it][k] <= 100.0, (it, k)
@@ -136,6 +138,13 @@ def test_task_trains_and_evaluates_through_the_cli(task, metrics, best, pretrain
     assert saved["best_metric"] == best and saved["best_value"] == max(m[1][best], m[4][best])
     log = open(os.path.join(out, "log.txt")).read()
     assert "Checkpoint conversion checkpoint -> model" in log and "complete" in log
+    if task == "vqa":  # the official result file: one answer per test question
+        with open(os.path.join(out, "vqa_result.json")) as f:
+            result = json.load(f)
+        with open(os.path.join(synthetic_root, "vqa", "test.json")) as f:
+            questions = json.load(f)
+        assert sorted(r["question_id"] for r in result) == sorted(q["question_id"] for q in questions)
+        assert all(set(r) == {"question_id", "answer"} and isinstance(r["answer"], str) for r in result)
 
 
 def test_ta_step_then_nlvr_from_it(pretrained, synthetic_root, tmp_path):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the downstream tasks on the synthetic world as a user would, and tabulate them.
 
-    python tools/benchmark_tasks.py [--weights output/synthetic/model_final.pth] [--tasks retrieval ve nlvr]
+    python tools/benchmark_tasks.py [--weights output/synthetic/model_final.pth] [--tasks retrieval ve nlvr vqa grounding]
                                     [--repeats N] [--no-random-init] [--output-dir output/benchmark_tasks]
 
 Run the default job first (``python tools/train_net.py --config-file configs/pretrain/synthetic.yaml``):
@@ -15,6 +15,11 @@ training, evaluation):
 * nlvr: ``configs/nlvr/synthetic.yaml``; metric: test accuracy (chance 50%); with ``--nlvr-ta``
   the text-assignment step (``configs/nlvr/synthetic_ta.yaml``) runs first and the fine-tuning
   starts from it, both timed together;
+* vqa: ``configs/vqa/synthetic.yaml``; metric: VQA accuracy on the test split (beside it: the
+  majority-answer baseline, the most common training answer every time, from the data's manifest);
+* grounding: ``configs/grounding/synthetic.yaml``; metric: accuracy at IoU >= 0.5 on the test
+  split with the ITM Grad-CAM (beside it: the ITC Grad-CAM variant, and the chance of picking
+  one of the candidate boxes at random);
 
 and, unless ``--no-random-init``, the same fine-tuning from a randomly initialised model
 (``model.weights=null``), so the pretraining's benefit is visible. Test metrics are the
@@ -25,8 +30,8 @@ not bit-reproducible either, so even equal seeds differ) and the table gives the
 with the range; targets are checked on the median and on the worst run, and the time is
 the slowest run. Results of tasks not run now are kept from an earlier ``results.json``.
 Writes ``results.json`` and ``results.md`` in ``--output-dir`` and prints the table with the
-targets (SNLI-VE >= 80%, NLVR2 >= 75%, fine-tuned retrieval R@1 above zero-shot R@1 both
-ways, each task <= 10 minutes). Exit status 0 when every target holds.
+targets (SNLI-VE >= 80%, NLVR2 >= 75%, VQA >= 70%, grounding >= 60%, fine-tuned retrieval
+R@1 above zero-shot R@1 both ways, each task <= 10 minutes). Exit status 0 when every target holds.
 """
 from __future__ import annotations
 
@@ -46,7 +51,23 @@ CONFIGS = {
     "ve": "configs/ve/synthetic.yaml",
     "nlvr_ta": "configs/nlvr/synthetic_ta.yaml",
     "nlvr": "configs/nlvr/synthetic.yaml",
+    "vqa": "configs/vqa/synthetic.yaml",
+    "grounding": "configs/grounding/synthetic.yaml",
 }
+TASKS = ("retrieval", "ve", "nlvr", "vqa", "grounding")
+
+
+def _chance(task: str, out_dir: str) -> float | None:
+    """VQA: the majority-answer baseline; grounding: a random candidate box; from the data's manifest."""
+    if task in ("retrieval", "ve", "nlvr"):
+        return {"retrieval": None, "ve": 100 / 3, "nlvr": 50.0}[task]
+    import yaml
+
+    with open(os.path.join(out_dir, "config.yaml")) as f:
+        root = yaml.safe_load(f)["data"]["synthetic"]["root"]
+    with open(os.path.join(REPO, root, task, "manifest.json")) as f:
+        m = json.load(f)
+    return 100 * (m["majority_baseline"]["test_acc"] if task == "vqa" else m["chance_acc"]["test"])
 
 
 def run(args: list[str], log: str) -> float:
@@ -79,7 +100,7 @@ def final_metrics(out_dir: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="output/synthetic/model_final.pth", help="the default job's checkpoint")
-    p.add_argument("--tasks", nargs="*", default=["retrieval", "ve", "nlvr"], choices=["retrieval", "ve", "nlvr"],
+    p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS),
                    help="tasks to run; none (a bare --tasks) re-tabulates the existing results.json")
     p.add_argument("--repeats", type=int, default=1, help="fine-tuning runs per task (seeds 42, 43, ...)")
     p.add_argument("--no-random-init", action="store_true", help="skip the runs from a randomly initialised model")
@@ -104,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {t: _upgrade(r) for t, r in json.load(f).items()}
     seeds = [42 + i for i in range(args.repeats)]
     for task in args.tasks:
-        res: dict = {"chance": {"retrieval": None, "ve": 100 / 3, "nlvr": 50.0}[task], "runs": []}
+        res: dict = {"chance": None, "runs": []}
         d = lambda tag: os.path.join(out, f"{task}_{tag}")  # noqa: E731
         if task == "retrieval":
             run(["--eval-only", "--config-file", cfg("retrieval"), f"model.weights={weights}", f"output_dir={d('zeroshot')}"], d("zeroshot") + ".log")
@@ -118,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = f"{d(ta)}/model_final.pth"
             t += run(["--config-file", cfg(task), f"model.weights={start}", f"train.seed={seed}", f"output_dir={d(tag)}"], d(tag) + ".log")
             res["runs"].append({"seed": seed, "minutes": t / 60, "metrics": final_metrics(d(tag))})
+            res["chance"] = _chance(task, d(tag))
         if not args.no_random_init:
             run(["--config-file", cfg(task), "model.weights=null", f"output_dir={d('random')}"], d("random") + ".log")
             res["random"] = final_metrics(d("random"))
@@ -135,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(x):
         return "n/a" if x is None else f"{x:.2f}"
 
-    for task in ("retrieval", "ve", "nlvr"):
+    for task in TASKS:
         if task not in results:
             continue
         res = results[task]
@@ -162,6 +184,21 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| SNLI-VE | `{CONFIGS['ve']}` | accuracy{n} | {text} | {res['chance']:.2f} | {fmt(rnd.get('ve/acc'))} | {mins} |")
             checks["SNLI-VE accuracy >= 80% (median)"] = med >= 80
             checks["SNLI-VE accuracy >= 80% (worst run)"] = worst >= 80
+        elif task == "vqa":
+            text, med, worst = measured("vqa/acc")
+            lines.append(f"| VQA | `{CONFIGS['vqa']}` | VQA accuracy{n} (chance: majority answer) | {text} | {fmt(res['chance'])} | "
+                         f"{fmt(rnd.get('vqa/acc'))} | {mins} |")
+            checks["VQA accuracy >= 70% (median)"] = med >= 70
+            checks["VQA accuracy >= 70% (worst run)"] = worst >= 70
+        elif task == "grounding":
+            text, med, worst = measured("grounding/test_acc")
+            lines.append(f"| grounding | `{CONFIGS['grounding']}` | accuracy, ITM Grad-CAM{n} (chance: a random candidate box) | {text} | "
+                         f"{fmt(res['chance'])} | {fmt(rnd.get('grounding/test_acc'))} | {mins} |")
+            itc = measured("grounding_itc/test_acc")[0]
+            lines.append(f"| grounding | (same runs) | accuracy, ITC Grad-CAM{n} | {itc} | {fmt(res['chance'])} | "
+                         f"{fmt(rnd.get('grounding_itc/test_acc'))} | |")
+            checks["grounding accuracy >= 60% (median)"] = med >= 60
+            checks["grounding accuracy >= 60% (worst run)"] = worst >= 60
         else:
             cmd = f"`{CONFIGS['nlvr_ta']}` then `{CONFIGS['nlvr']}`" if res.get("ta") else f"`{CONFIGS['nlvr']}`"
             text, med, worst = measured("nlvr/acc")

@@ -30,8 +30,8 @@ check that the checkpoint matches that model first.
 
 Layouts (``--task``): pretrain (ALBEF.pth, ALBEF_4M.pth), retrieval / grounding
 (mscoco.pth, flickr30k.pth, refcoco.pth), ve (snli_ve.pth), nlvr (nlvr.pth), nlvr_ta
-(pretrain_model_nlvr.pth, the text-assignment step), vqa (vqa.pth: read only; its answer
-decoder is reported as dropped).
+(pretrain_model_nlvr.pth, the text-assignment step), vqa (vqa.pth, read only: its answer
+decoder becomes the AnswerDecoder head ``heads.answer``).
 
 Inputs are read without executing code (``weights_only=True`` or safetensors). Exit
 status: 0 done, 1 incomplete conversion with ``--strict``, 2 bad input.

@@ -31,8 +31,9 @@ flickr30k.pth, refcoco.pth; ``BertModel`` keys without ``bert.``, no MLM head,
 nlvr.pth; an 18-layer BERT whose fusion layers alternate between the two images and
 share the cross-attention key/value of layers 2k, 2k+1), ``nlvr_ta``
 (``model_pretrain_nlvr.ALBEF``: pretrain_model_nlvr.pth, the text-assignment step; no
-momentum copies) and ``vqa`` (``model_vqa.ALBEF``; its answer decoder has no counterpart
-here yet).
+momentum copies) and ``vqa`` (``model_vqa.ALBEF``: vqa.pth; its answer decoder
+``text_decoder(_m).{bert.*, cls.predictions.*}`` becomes ``heads.answer.*`` /
+``teacher.model.heads.answer.*``, an :class:`~albef.modeling.heads.answer_decoder.AnswerDecoder`).
 
 Official -> ours is one path for every layout: :func:`official_to_ours_keys` renames the
 keys (keeping the file's own structure), then
@@ -218,6 +219,8 @@ def detect_our_task(sd: Mapping[str, Any]) -> str:
     pretrain, otherwise retrieval."""
     if any(k.startswith("heads.ta.") for k in sd):
         return "nlvr_ta"
+    if any(k.startswith("heads.answer.") for k in sd):
+        return "vqa"
     head = sd.get("heads.cls.2.weight")
     if head is not None:
         return "ve" if head.shape[0] == 3 else "nlvr"
@@ -246,14 +249,14 @@ _HEAD_PREFIXES = (  # official head prefix -> ours (the conventional head keys o
     ("itm_head.", "heads.itm.linear."),
     ("cls_head.", "heads.cls."),
     ("ta_head.", "heads.ta."),
+    ("text_decoder.bert.", "heads.answer."),  # the VQA answer decoder: embeddings, encoder.layer.i
+    ("text_decoder.cls.predictions.", "heads.answer.lm."),
 )
-_MOMENTUM_PARTS = ("visual_encoder", "vision_proj", "text_proj", "text_encoder", "cls_head", "itm_head", "ta_head")
+_MOMENTUM_PARTS = ("visual_encoder", "vision_proj", "text_proj", "text_encoder", "cls_head", "itm_head", "ta_head", "text_decoder")
 
 
 def _drop_reason(canon: str) -> str | None:
     """Why an official key (pretraining layout) is deliberately not converted, or None."""
-    if canon.startswith(("text_decoder.", "text_decoder_m.")):
-        return "VQA answer decoder: no VQA head in this model yet"
     if canon.endswith(".embeddings.position_ids"):
         return "position-id buffer (0..max_len-1), not a weight: transformers rebuilds it"
     if canon.endswith(".cls.predictions.decoder.weight"):
@@ -337,7 +340,7 @@ def official_to_ours_keys(
     queues to ``teacher.queue.*`` (transposed to [Q, E]).
 
     Returns (state dict, dropped keys with the reason, unexpected keys): dropped are the
-    keys that are deliberately not converted (buffers, tied duplicates, the VQA decoder),
+    keys that are deliberately not converted (buffers, tied duplicates),
     unexpected the keys of no known official layout.
     """
     out, dropped, unexpected, _ = _rename_official(unwrap_state_dict(official), n_text)
@@ -357,12 +360,13 @@ _OFFICIAL_HEADS = {
     "ta_head": {"": "NLVR2 text-assignment head"},
     "itm_head": {"": "ITM head"},
     "text_encoder.cls.predictions": {"": "MLM head"},
+    "text_decoder": {"": "VQA answer decoder"},
 }
 
 
 def _official_head_name(key: str, task: str) -> str | None:
     """``'SNLI-VE classification head (cls_head_m)'`` for an official head key, else None."""
-    m = re.match(r"^(cls_head|ta_head|itm_head|text_encoder)(_m)?\.", key)
+    m = re.match(r"^(cls_head|ta_head|itm_head|text_encoder|text_decoder)(_m)?\.", key)
     if m is None:
         return None
     canon = re.sub(r"^(\w+)_m\.", r"\1.", _canonical(key)) if m.group(2) else _canonical(key)
@@ -406,10 +410,10 @@ def convert_official_to_ours(
     report.unexpected.extend(unexpected)
 
     # the official model ties the MLM decoder to the word embeddings and its bias: both copies must agree
-    for sfx in ("", "_m"):
-        canon = {_canonical(k): k for k in src if k.startswith(f"text_encoder{sfx}.")}
-        for a, b in ((f"text_encoder{sfx}.bert.embeddings.word_embeddings.weight", f"text_encoder{sfx}.cls.predictions.decoder.weight"),
-                     (f"text_encoder{sfx}.cls.predictions.bias", f"text_encoder{sfx}.cls.predictions.decoder.bias")):
+    for top, sfx in (("text_encoder", ""), ("text_encoder", "_m"), ("text_decoder", ""), ("text_decoder", "_m")):
+        canon = {_canonical(k): k for k in src if k.startswith(f"{top}{sfx}.")}
+        for a, b in ((f"{top}{sfx}.bert.embeddings.word_embeddings.weight", f"{top}{sfx}.cls.predictions.decoder.weight"),
+                     (f"{top}{sfx}.cls.predictions.bias", f"{top}{sfx}.cls.predictions.decoder.bias")):
             ka, kb = canon.get(a), canon.get(b)
             if ka and kb and not src[ka].is_meta and not torch.equal(src[ka], src[kb]):
                 report.warnings.append(f"{ka} and {kb} differ although the official model ties them; {ka} wins")
@@ -574,9 +578,8 @@ def convert_ours_to_official(
         sd = upgrade_legacy_keys(sd)
     task = task or detect_our_task(sd)
     if task not in TO_OFFICIAL_TASKS:
-        what = {"vqa": "a VQA answer decoder"}.get(task, "its task head")
-        raise ValueError(f"cannot write an official {task!r} checkpoint: it needs {what}, which this model does not have "
-                         f"(supported: {', '.join(TO_OFFICIAL_TASKS)})")
+        raise ValueError(f"cannot write an official {task!r} checkpoint: writing that layout is not supported "
+                         f"(supported: {', '.join(TO_OFFICIAL_TASKS)}); official {task} checkpoints can be read")
     lay = _LAYOUTS[task]
     if lay.head is not None:
         key, n_cls = lay.head

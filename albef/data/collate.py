@@ -53,3 +53,37 @@ class ImageTextCollator:
                 batch[key] = values
         batch["skipped"] = [x for s in samples for x in s.get("skipped", [])]
         return batch
+
+
+class VQACollator(ImageTextCollator):
+    """:class:`ImageTextCollator` plus the answers of VQA samples, flattened over the batch.
+
+    Training samples carry ``answers`` (unique answer strings) and ``answer_weights``;
+    the batch gets ``answer_input_ids`` / ``answer_attention_mask`` [A, La] (every answer
+    as ``[CLS] answer [SEP]``: ``[SEP]`` is the end-of-answer token the decoder learns to
+    produce, in either tokenization mode, as the official code appends it), ``answer_weight``
+    [A] and ``answer_question`` [A] (the row of the answer's question). Evaluation samples
+    (empty ``answer_weights``) keep ``answers`` as lists of the annotators' answers.
+
+    Args:
+        max_answer_tokens: answers are cut to this many tokens (official: not truncated).
+    """
+
+    def __init__(self, tokenizer=None, max_tokens: int = 30, tokenization: str = "ours", text_field: str = "question",
+                 with_image_ids: bool = True, max_answer_tokens: int = 32):
+        super().__init__(tokenizer, max_tokens, tokenization=tokenization, text_field=text_field, with_image_ids=with_image_ids)
+        self.max_answer_tokens = int(max_answer_tokens)
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        answers = [s.pop("answers", None) for s in samples]
+        weights = [s.pop("answer_weights", None) for s in samples]
+        batch = super().__call__(samples)
+        if any(w for w in weights):
+            flat = [a for ans in answers for a in ans]
+            enc = tokenize(self.tokenizer, flat, self.max_answer_tokens, mode="ours")
+            batch["answer_input_ids"], batch["answer_attention_mask"] = enc["input_ids"], enc["attention_mask"]
+            batch["answer_weight"] = torch.tensor([w for ws in weights for w in ws], dtype=torch.float32)
+            batch["answer_question"] = torch.tensor([q for q, ans in enumerate(answers) for _ in ans], dtype=torch.long)
+        elif any(a is not None for a in answers):
+            batch["answers"] = answers
+        return batch

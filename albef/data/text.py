@@ -16,3 +16,14 @@ def pre_caption(caption: str, max_words: int = 30) -> str:
     if len(words) > max_words:
         caption = " ".join(words[:max_words])
     return caption
+
+
+def pre_question(question: str, max_words: int = 50) -> str:
+    """The official ``pre_question``: as :func:`pre_caption` without the ``<person>`` rule;
+    the official VQA keeps up to 50 words of a question."""
+    question = _PUNCT.sub("", question.lower()).replace("-", " ").replace("/", " ")
+    question = question.rstrip(" ")
+    words = question.split(" ")
+    if len(words) > max_words:
+        question = " ".join(words[:max_words])
+    return question

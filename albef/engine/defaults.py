@@ -195,6 +195,7 @@ class DefaultTrainer:
         node.setdefault("prefix", key)
         return build_component(
             EVALUATOR_REGISTRY, node, where=f"eval.{key}", dataset=dataset, tokenizer=tokenizer, device=device, amp=amp,
+            output_dir=cfg.output_dir,
             tokenization=cfg.data.tokenization, loader_fn=lambda ds, bs: cls.build_test_loader(cfg, ds, tokenizer, bs),
         )
 

@@ -43,8 +43,9 @@ def albef_register_objectives(register):
     from albef.modeling.objectives.mlm import MLMLoss
     from albef.modeling.objectives.classification import ClassificationLoss
     from albef.modeling.objectives.text_assignment import TextAssignmentLoss
+    from albef.modeling.objectives.answer_generation import AnswerGenerationLoss
 
-    for cls in (ITCLoss, ITMLoss, MLMLoss, ClassificationLoss, TextAssignmentLoss):
+    for cls in (ITCLoss, ITMLoss, MLMLoss, ClassificationLoss, TextAssignmentLoss, AnswerGenerationLoss):
         register(cls)
 
 
@@ -73,8 +74,10 @@ def albef_register_datasets(register):
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
     from albef.data.datasets.visual_entailment import VisualEntailmentJSON
     from albef.data.datasets.nlvr2 import NLVR2JSON
+    from albef.data.datasets.vqa import VQAJSON
+    from albef.data.datasets.grounding import GroundingEvalJSON
 
-    for cls in (PretrainJSON, RetrievalEvalJSON, VisualEntailmentJSON, NLVR2JSON):
+    for cls in (PretrainJSON, RetrievalEvalJSON, VisualEntailmentJSON, NLVR2JSON, VQAJSON, GroundingEvalJSON):
         register(cls)
 
 
@@ -83,25 +86,29 @@ def albef_register_heads(register):
     from albef.modeling.heads.itm_head import ITMHead
     from albef.modeling.heads.mlm_head import MLMHead
     from albef.modeling.heads.classifier import LinearClassifierHead, MLPClassifierHead
+    from albef.modeling.heads.answer_decoder import AnswerDecoder
 
-    for cls in (ITMHead, MLMHead, MLPClassifierHead, LinearClassifierHead):
+    for cls in (ITMHead, MLMHead, MLPClassifierHead, LinearClassifierHead, AnswerDecoder):
         register(cls)
 
 
 @hookimpl
 def albef_register_collators(register):
-    from albef.data.collate import ImageTextCollator
+    from albef.data.collate import ImageTextCollator, VQACollator
 
     register(ImageTextCollator)
+    register(VQACollator)
 
 
 @hookimpl
 def albef_register_evaluators(register):
     from albef.evaluation.classification import ClassificationEvaluator
     from albef.evaluation.retrieval import RetrievalEvaluator
+    from albef.evaluation.vqa import VQAEvaluator
+    from albef.evaluation.grounding import GroundingEvaluator
 
-    register(RetrievalEvaluator)
-    register(ClassificationEvaluator)
+    for cls in (RetrievalEvaluator, ClassificationEvaluator, VQAEvaluator, GroundingEvaluator):
+        register(cls)
 
 
 @hookimpl

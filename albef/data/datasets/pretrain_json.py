@@ -40,6 +40,8 @@ class PretrainJSON(Dataset):
     Args:
         ann_files: JSON files in the official pretraining format.
         image_root: prefix for relative image paths.
+        caption_key: the entry's text key (``caption``; the official grounding training
+            files use ``text``, with the image file as the positive id).
         Builder-supplied: transforms (the ``data.transforms`` node), max_words, strict,
         image_ids (give entries of the same image file the same id), seed.
     """
@@ -50,6 +52,7 @@ class PretrainJSON(Dataset):
         self,
         ann_files: Sequence[str] = (),
         image_root: str = "",
+        caption_key: str = "caption",
         transforms: dict[str, Any] | None = None,
         max_words: int = 30,
         strict: bool = False,
@@ -70,7 +73,7 @@ class PretrainJSON(Dataset):
             for i, ann in enumerate(read_json_list(ann_file)):
                 if not isinstance(ann, dict) or "image" not in ann:
                     raise DataError(f"{ann_file}: entry {i} has no 'image' key: {ann!r}")
-                caps = [pre_caption(c, max_words) for c in captions_of(ann, ann_file, i)]
+                caps = [pre_caption(c, max_words) for c in captions_of(ann, ann_file, i, key=caption_key)]
                 caps = [c for c in caps if c]
                 if not caps:
                     msg = f"{ann_file}: entry {i} ({ann['image']}): empty caption"

@@ -10,6 +10,8 @@ retrieval fine-tuning         itm: ITMHead                         ITCLoss, ITML
 SNLI-VE                       cls: MLPClassifierHead(3)            ClassificationLoss
 NLVR2 (two images)            cls: MLPClassifierHead(2)            ClassificationLoss
 NLVR2 text assignment         ta: LinearClassifierHead(3)          TextAssignmentLoss
+VQA                           answer: AnswerDecoder                AnswerGenerationLoss
+weakly supervised grounding   itm: ITMHead                         ITCLoss, ITMLoss
 ============================  ===================================  ==============================
 
 ``forward(batch)`` computes the losses and nothing else; the state changes of a step
@@ -123,6 +125,7 @@ class ALBEF(ALBEFModel):
                 HEAD_REGISTRY, node, where=f"model.heads.{key}",
                 hidden_size=txt.hidden_size, word_embeddings=word_emb, vocab_size=word_emb.shape[0],
                 layer_norm_eps=getattr(getattr(txt, "config", None), "layer_norm_eps", 1e-12),
+                text_config=getattr(txt, "config", None),
             )
         tch = build_component(TEACHER_REGISTRY, teacher, where="model.teacher", embed_dim=embed_dim)
         return cls(
@@ -154,6 +157,28 @@ class ALBEF(ALBEFModel):
             return nn.ModuleDict({k: as_module(v) if isinstance(v, dict) else v for k, v in node.items()})
 
         return as_module(tree)
+
+    def weight_map(self, available) -> dict[str, str]:
+        """Heads initialised from other parts of a checkpoint that has none of their own
+        (the VQA answer decoder from the text embeddings, the fusion layers and the MLM
+        head: a head's ``source_map``). Their EMA copies come from the checkpoint's EMA
+        copies of the same sources when it has them (official ``text_decoder_m`` from
+        ``text_encoder_m``), otherwise from the loaded online weights (adaptation pass)."""
+        avail = set(available)
+        out: dict[str, str] = {}
+        for key, head in self.heads.items():
+            fn = getattr(head, "source_map", None)
+            own = f"heads.{key}."
+            if not callable(fn) or any(a.startswith(own) for a in avail):
+                continue
+            keys = list(head.state_dict())
+            for rel, src in fn(keys, avail).items():
+                out[own + rel] = src
+            if self.teacher.has(f"heads.{key}"):
+                t_avail = {a[len("teacher.model."):] for a in avail if a.startswith("teacher.model.")}
+                for rel, src in fn(keys, t_avail).items():
+                    out["teacher.model." + own + rel] = "teacher.model." + src
+        return out
 
     # ------------------------------------------------------------------ heads
     def head(self, key: str, teacher: bool = False) -> nn.Module | None:

@@ -1,4 +1,4 @@
 from albef.modeling.objectives.base import Objective
-from albef.modeling.objectives import classification, itc, itm, mlm, text_assignment  # noqa: F401
+from albef.modeling.objectives import answer_generation, classification, itc, itm, mlm, text_assignment  # noqa: F401
 
 __all__ = ["Objective"]
