@@ -23,7 +23,6 @@ import os
 import sys
 from collections import defaultdict
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,7 +30,7 @@ from albef.config import load_config  # noqa: E402
 from albef.engine.defaults import Trainer  # noqa: E402
 from albef.data.synthetic.shapes import canonical_caption  # noqa: E402
 from albef.data.tokenization import tokenize  # noqa: E402
-from albef.modeling.gradcam import box_iou_inclusive, box_mass, box_scores, itc_gradcam, itm_gradcam, upsample_map, word_maps  # noqa: E402
+from albef.modeling.gradcam import box_mass, itc_gradcam, itm_gradcam, word_maps  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,14 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             split, kind = kinds[i]
             if split != args.split:
                 continue
-            ref = ds.ref(i)
-            w, h = ds.image_size(i)
-            dets = torch.tensor(ref["dets"], dtype=torch.float64)
-            gt = torch.tensor(ref["bbox"], dtype=torch.float64)
             row = acc[kind]
-            for col, m in ((0, cam.sentence[j]), (1, itc.sentence[j])):
-                pick = int(box_scores(upsample_map(m, h, w), dets).argmax())
-                row[col] += int(float(box_iou_inclusive(dets[pick], gt)) >= 0.5)
+            row[0] += int(ev.hit(cam.sentence[j], i))
+            row[1] += int(ev.hit(itc.sentence[j], i))
             row[2] += 1
     # per word, on each image's scene caption
     mass: dict[str, list[float]] = defaultdict(list)

@@ -82,6 +82,15 @@ class GroundingEvaluator(Evaluator):
                 return itm_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], self.layer, self.head).sentence
             return itc_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], self.block).sentence
 
+    def hit(self, heat: torch.Tensor, i: int) -> bool:
+        """Whether the heat map [gh, gw] of dataset entry ``i`` picks a correct box: upsampled to
+        the original image, the best-scoring candidate has IoU >= ``iou_threshold`` with the truth."""
+        ref = self.dataset.ref(i)
+        w, h = self.dataset.image_size(i)
+        dets = torch.tensor(ref["dets"], dtype=torch.float64)
+        pick = int(box_scores(upsample_map(heat, h, w), dets, self.alpha).argmax())
+        return float(box_iou_inclusive(dets[pick], torch.tensor(ref["bbox"], dtype=torch.float64))) >= self.iou_threshold
+
     def evaluate(self, model) -> dict[str, float]:
         self.check(model)
         was_training = model.training
@@ -97,14 +106,9 @@ class GroundingEvaluator(Evaluator):
                     batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                     maps = self.heat_maps(model, batch).float().cpu()
                     for j, i in enumerate(batch["index"].tolist()):  # boxes and image sizes differ per expression
-                        ref = self.dataset.ref(i)
-                        w, h = self.dataset.image_size(i)
-                        dets = torch.tensor(ref["dets"], dtype=torch.float64)
-                        pick = int(box_scores(upsample_map(maps[j], h, w), dets, self.alpha).argmax())
-                        iou = float(box_iou_inclusive(dets[pick], torch.tensor(ref["bbox"], dtype=torch.float64)))
-                        s = splits.index(ref["split"])
+                        s = splits.index(self.dataset.ref(i)["split"])
                         total[s] += 1
-                        correct[s] += float(iou >= self.iou_threshold)
+                        correct[s] += float(self.hit(maps[j], i))
         finally:
             model.train(was_training)
         correct, total = comm.all_reduce_sum(correct.to(self.device)).cpu(), comm.all_reduce_sum(total.to(self.device)).cpu()

@@ -31,10 +31,12 @@ from torch import nn
 
 @dataclass
 class GradCAM:
-    """tokens [B, L, gh, gw] (zero at padding; None for the ITC variant), sentence [B, gh, gw]."""
+    """tokens [B, L, gh, gw] (zero at padding; None for the ITC variant), sentence [B, gh, gw];
+    score [B]: what was explained (ITM: the match probability; ITC: the similarity / temp)."""
 
     tokens: torch.Tensor | None
     sentence: torch.Tensor
+    score: torch.Tensor | None = None
 
 
 @contextmanager
@@ -91,14 +93,14 @@ def itm_gradcam(model: nn.Module, image: torch.Tensor, input_ids: torch.Tensor, 
         image_embeds, _ = model.encode_image(image)
         text, _ = model.encode_text(input_ids, attention_mask)
         fused = model.fuse(text, attention_mask, image_embeds)
-        score = model.head(head)(fused[:, 0]).float()[:, 1].sum()
+        logits = model.head(head)(fused[:, 0]).float()  # [B, 2]
         probs = attn.attention_probs  # [B, heads, L, prefix + N]
-        grads = torch.autograd.grad(score, probs)[0]
+        grads = torch.autograd.grad(logits[:, 1].sum(), probs)[0]
     cam = (probs.detach().float() * grads.float().clamp(min=0)).mean(dim=1)  # [B, L, prefix + N]
     mask = attention_mask.to(cam.dtype)
     tokens = _as_grid(cam, prefix, gh, gw) * mask[:, :, None, None]
     sentence = tokens.sum(dim=1) / mask.sum(dim=1).clamp(min=1)[:, None, None]
-    return GradCAM(tokens=tokens, sentence=sentence)
+    return GradCAM(tokens=tokens, sentence=sentence, score=logits.detach().softmax(dim=-1)[:, 1])
 
 
 def itc_gradcam(model: nn.Module, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, block: int = 8) -> GradCAM:
@@ -123,14 +125,14 @@ def itc_gradcam(model: nn.Module, image: torch.Tensor, input_ids: torch.Tensor, 
         with torch.enable_grad():
             _, image_feat = model.encode_image(image)
             _, text_feat = model.encode_text(input_ids, attention_mask)
-            score = ((image_feat * text_feat).sum(dim=1) / model.temp).sum()
-            grads = torch.autograd.grad(score, kept[0])[0]
+            sim = (image_feat * text_feat).sum(dim=1) / model.temp  # [B]
+            grads = torch.autograd.grad(sim.sum(), kept[0])[0]
     finally:
         handle.remove()
         attn.fused_attn = fused_before
     probs = kept[0].detach().float()[:, :, 0]  # [B, heads, prefix + N]: [CLS] -> every token
     cam = (probs * grads.float()[:, :, 0].clamp(min=0)).mean(dim=1)
-    return GradCAM(tokens=None, sentence=_as_grid(cam, prefix, gh, gw))
+    return GradCAM(tokens=None, sentence=_as_grid(cam, prefix, gh, gw), score=sim.detach())
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -201,13 +203,10 @@ def explain(model: nn.Module, tokenizer, image: torch.Tensor, text: str, layer: 
     model.eval()
     try:
         cam = itm_gradcam(model, img, ids, mask, layer=layer, head=head)
-        with torch.no_grad():
-            emb, _ = model.encode_image(img)
-            fused = model.fuse(model.encode_text(ids, mask)[0], mask, emb)
-            p_match = float(model.head(head)(fused[:, 0]).float().softmax(-1)[0, 1])
     finally:
         model.train(was_training)
-    return cam.sentence[0].cpu(), [(w, m.cpu()) for w, m in word_maps(cam.tokens[0], ids[0].tolist(), tokenizer)], p_match
+    words = [(w, m.cpu()) for w, m in word_maps(cam.tokens[0], ids[0].tolist(), tokenizer)]
+    return cam.sentence[0].cpu(), words, float(cam.score[0])
 
 
 def box_mass(heat: torch.Tensor, box: Sequence[float], image_size: tuple[int, int]) -> float:

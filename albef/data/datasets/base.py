@@ -21,14 +21,19 @@ class DataError(RuntimeError):
     """Bad data that stops the run (strict mode, or nothing usable left); the message names the file."""
 
 
-def read_json_list(path: str) -> list[dict[str, Any]]:
+def read_json(path: str, what: str = "annotation file") -> Any:
+    """The JSON value in ``path``; a missing file or invalid JSON is a DataError naming it."""
     if not PathManager.exists(path):
-        raise DataError(f"annotation file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     with PathManager.open(path, "r") as f:
         try:
-            data = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from e
+
+
+def read_json_list(path: str, what: str = "annotation file") -> list[Any]:
+    data = read_json(path, what)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of annotations, got {type(data).__name__}")
     return data

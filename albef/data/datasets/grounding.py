@@ -15,25 +15,14 @@ used). Training uses :class:`~albef.data.datasets.pretrain_json.PretrainJSON` on
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from typing import Any, Sequence
 
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
-from albef.data.datasets.base import DataError, resolve_image_path
+from albef.data.datasets.base import DataError, read_json, resolve_image_path
 from albef.data.text import pre_caption
 from albef.utils.file_io import PathManager
-
-
-def _read_json(path: str, what: str) -> Any:
-    if not PathManager.exists(path):
-        raise DataError(f"{what} not found: {path}")
-    with PathManager.open(path, "r") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
 
 
 def _box(value: Any, where: str) -> list[float]:
@@ -52,7 +41,7 @@ def read_refs(refs_file: str, instances_file: str | None = None) -> dict[int, di
             raise DataError(f"{refs_file}: REFER refs need instances_file (COCO instances.json) for the boxes")
         with PathManager.open(refs_file, "rb") as f:
             refs = pickle.load(f, encoding="latin1")  # REFER's own file (written by Python 2)
-        inst = _read_json(instances_file, "instances file")
+        inst = read_json(instances_file, "instances file")
         anns = {a["id"]: a for a in inst.get("annotations", []) if isinstance(a, dict) and "id" in a}
         out = {}
         for i, r in enumerate(refs):
@@ -64,7 +53,7 @@ def read_refs(refs_file: str, instances_file: str | None = None) -> dict[int, di
             except KeyError as e:
                 raise DataError(f"{where}: missing {e} (ref {r!r:.200})") from e
         return out
-    data = _read_json(refs_file, "refs file")
+    data = read_json(refs_file, "refs file")
     if not isinstance(data, list):
         raise DataError(f"{refs_file}: expected a JSON list of refs")
     out = {}
@@ -80,7 +69,7 @@ def read_refs(refs_file: str, instances_file: str | None = None) -> dict[int, di
 
 
 def read_dets(dets_file: str) -> dict[int, list[list[float]]]:
-    data = _read_json(dets_file, "detections file")
+    data = read_json(dets_file, "detections file")
     if not isinstance(data, dict):
         raise DataError(f"{dets_file}: expected a JSON object {{image_id: [[x, y, w, h], ...]}}")
     out = {}

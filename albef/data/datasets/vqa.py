@@ -12,26 +12,18 @@ answers the evaluator reports VQA accuracy, without it only writes the result fi
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, Sequence
 
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
-from albef.data.datasets.base import DataError, resolve_image_path
+from albef.data.datasets.base import DataError, read_json_list, resolve_image_path
 from albef.data.text import pre_question
-from albef.utils.file_io import PathManager
 
 
 def read_answer_list(path: str) -> list[str]:
     """``answer_list.json``: a non-empty JSON list of strings (errors name the file and index)."""
-    if not PathManager.exists(path):
-        raise DataError(f"answer list not found: {path}")
-    with PathManager.open(path, "r") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, list) or not data:
+    data = read_json_list(path, "answer list")
+    if not data:
         raise DataError(f"{path}: expected a non-empty JSON list of answer strings")
     for i, a in enumerate(data):
         if not isinstance(a, str) or not a.strip():

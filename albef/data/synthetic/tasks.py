@@ -91,6 +91,7 @@ from collections import Counter
 from typing import Any
 
 from albef.data.synthetic import shapes
+from albef.evaluation.vqa_accuracy import vqa_accuracy  # noqa: F401  (exported: the manifest's baseline uses it)
 from albef.data.synthetic.generated import build_dir_atomically, check_manifest, is_empty_dir
 from albef.data.synthetic.shapes import (
     _INVERSE,
@@ -616,19 +617,6 @@ def _build_nlvr(p: dict, tag: str, colors, shapes_):
 
 
 # ------------------------------------------------------------------------------- vqa
-def vqa_accuracy(pred: str, answers: list[str]) -> float:
-    """The official VQA accuracy of the answer ``pred`` given the annotators' ``answers``:
-    the mean, over the ``n`` ways of leaving one annotator out, of ``min(#matches among the
-    other n - 1 / 3, 1)``; with ``c`` matching annotators that is
-    ``(c * min((c - 1) / 3, 1) + (n - c) * min(c / 3, 1)) / n`` (10 annotators: 3 or more
-    matches give 1.0, 2 give 0.6, 1 gives 0.3)."""
-    n = len(answers)
-    if n == 0:
-        raise ValueError("vqa_accuracy needs at least one annotator answer")
-    c = sum(a == pred for a in answers)
-    return (c * min((c - 1) / 3.0, 1.0) + (n - c) * min(c / 3.0, 1.0)) / n
-
-
 def _words(obj: Obj) -> str:
     """``"red circle"``: an object without article (a VQA answer, part of a question)."""
     return f"{obj[0]} {obj[1]}"
@@ -749,16 +737,13 @@ def _build_vqa(p: dict, tag: str, colors, shapes_):
 
 # ------------------------------------------------------------------------- grounding
 def box_iou_official(a, b) -> float:
-    """IoU of two ``[x, y, w, h]`` boxes as the official ALBEF/refer evaluation computes it
-    (``computeIoU``): inclusive pixel coordinates, ``x2 = x + w - 1``; the intersection is
-    ``(min(x2) - max(x1) + 1) * (min(y2) - max(y1) + 1)`` when ``max(x1) < min(x2)`` and
-    ``max(y1) < min(y2)`` (strictly), else 0; the union is ``w_a * h_a + w_b * h_b - inter``."""
-    ix1, iy1 = max(a[0], b[0]), max(a[1], b[1])
-    ix2 = min(a[0] + a[2] - 1, b[0] + b[2] - 1)
-    iy2 = min(a[1] + a[3] - 1, b[1] + b[3] - 1)
-    inter = (ix2 - ix1 + 1) * (iy2 - iy1 + 1) if ix1 < ix2 and iy1 < iy2 else 0
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return float(inter) / union
+    """IoU of two ``[x, y, w, h]`` boxes as the official evaluation computes it (REFER's
+    ``computeIoU``): :func:`albef.modeling.gradcam.box_iou_inclusive`, on plain lists."""
+    import torch
+
+    from albef.modeling.gradcam import box_iou_inclusive
+
+    return float(box_iou_inclusive(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)))
 
 
 def _grounding_options(sc: Scene, ref: int, rng: random.Random) -> list[tuple[str, str]]:

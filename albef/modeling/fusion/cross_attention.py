@@ -204,8 +204,6 @@ class CrossAttentionFusion(nn.Module):
         self.initializer_range = pick(initializer_range, "initializer_range", 0.02)
         self.hidden_size = hidden_size
         self.encoder_width = encoder_width
-        check_attn_implementation(attn_implementation)
-        self.causal = bool(causal)
         self.layer = nn.ModuleList(
             FusionLayer(hidden_size, encoder_width, heads, ffn, eps, dropout, attn_dropout, impl=attn_implementation, causal=causal)
             for _ in range(num_layers)

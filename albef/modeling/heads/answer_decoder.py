@@ -95,10 +95,6 @@ class AnswerDecoder(nn.Module):
             raise ValueError(f"AnswerDecoder.init_from: unknown part(s) {sorted(unknown)}; parts: {', '.join(OFFICIAL_INIT)}")
         self.init_from = {**OFFICIAL_INIT, **dict(init_from or {})}
 
-    @property
-    def vocab_size(self) -> int:
-        return self.embeddings.word_embeddings.weight.shape[0]
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, states: torch.Tensor, states_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids=input_ids)
         x = self.encoder(x, attention_mask, VisualInput.of(states, [states_mask]))
