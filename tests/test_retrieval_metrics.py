@@ -213,10 +213,16 @@ def test_evaluate_retrieval_tiny_model(tiny_setup, tokenizer):
         assert set(m) == KEYS
         assert all(0.0 <= v <= 100.0 for v in m.values())
         assert m["r_mean"] == pytest.approx((m["txt_r_mean"] + m["img_r_mean"]) / 2)
-    # batched re-ranking: one fusion call per direction here, never one per query
+    # batched re-ranking: one fusion call here, never one per query; a pair in both
+    # directions' top-k lists is fused once
     n_i, n_t, k = len(ds), len(ds.text), min(cfg.eval.retrieval.k_test, len(ds.text))
+    _, _, tf, _, imf = _encode_eval_set(cfg, model, ds, tokenizer)
+    sims = imf @ tf.t()
+    pairs = {(i, t) for i in range(n_i) for t in sims[i].topk(min(k, n_t)).indices.tolist()}
+    pairs |= {(i, t) for t in range(n_t) for i in sims[:, t].topk(min(k, n_i)).indices.tolist()}
+    assert len(pairs) < n_i * min(k, n_t) + n_t * min(k, n_i)  # the two directions share pairs
     assert 1 <= len(calls) <= 4
-    assert sum(calls) == n_i * min(k, n_t) + n_t * min(k, n_i)
+    assert sum(calls) == len(pairs)
     table = format_results_table(res)
     for name, m in res.items():
         assert name in table
@@ -229,12 +235,12 @@ def test_evaluate_retrieval_pair_batch_splits(tiny_setup, tokenizer):
     calls = _count_itm_calls(model)
     k = cfg.eval.retrieval.k_test
     res_small = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=7)
-    total = len(ds) * k + len(ds.text) * k
-    assert sum(calls) == total and max(calls) <= 7
-    assert len(calls) == -(-len(ds) * k // 7) + -(-len(ds.text) * k // 7)
+    total = sum(calls)  # the unique pairs of both directions
+    assert total <= len(ds) * k + len(ds.text) * k and max(calls) <= 7
+    assert len(calls) == -(-total // 7)
     calls.clear()
     res_big = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=10_000)
-    assert len(calls) == 2
+    assert calls == [total]
     assert res_small == {n: _approx(m) for n, m in res_big.items()}
 
 
@@ -250,8 +256,29 @@ def test_evaluate_retrieval_multi_caption(tiny_setup, tokenizer, tmp_path, synth
     assert len(ds.text) > len(ds)
     calls = _count_itm_calls(model)
     res = evaluate_retrieval(model, ds, loader, tokenizer, k_test=3, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=10_000)
-    assert set(res["retrieval"]) == KEYS and len(calls) == 2
-    assert sum(calls) == len(ds) * 3 + len(ds.text) * 3
+    assert set(res["retrieval"]) == KEYS and len(calls) == 1
+    assert max(len(ds), len(ds.text)) * 3 <= sum(calls) <= len(ds) * 3 + len(ds.text) * 3  # shared pairs fused once
+
+
+@pytest.mark.parametrize("add_itc", [False, True])
+def test_rerank_both_directions_at_once_equals_each_direction(tiny_setup, tokenizer, add_itc):
+    """Scoring the union of both directions' top-k pairs (each pair fused once, each image's
+    keys/values projected once per chunk) gives exactly the per-direction scores."""
+    from contextlib import nullcontext
+
+    from albef.evaluation.retrieval import _rerank_both
+
+    cfg, model, ds, loader = tiny_setup()
+    enc, temb, tfeat, iemb, ifeat = _encode_eval_set(cfg, model, ds, tokenizer)
+    mask = enc["attention_mask"]
+    with torch.no_grad():
+        sims = ifeat @ tfeat.t()
+        for k, pb in ((3, 4), (len(ds.text), 10_000)):
+            i2t, t2i = _rerank_both(model, sims, k, temb, mask, iemb, pb, nullcontext(), add_itc)
+            ref_i2t = _rerank(model, sims, k, True, temb, mask, iemb, 10_000, nullcontext(), add_itc)
+            ref_t2i = _rerank(model, sims.t().contiguous(), k, False, temb, mask, iemb, 10_000, nullcontext(), add_itc)
+            assert torch.allclose(i2t, ref_i2t, atol=1e-5) and torch.allclose(t2i, ref_t2i, atol=1e-5)
+            assert (i2t == -100).sum() == sims.numel() - len(ds) * min(k, len(ds.text))
 
 
 def test_evaluate_retrieval_without_itm(tiny_setup, tokenizer):

@@ -25,7 +25,8 @@ class TeacherOutput:
     image_feat_all, text_feat_all: [B + Q, E] = batch features then the queue.
     idx_all: [B + Q] image ids (-100 = unknown) or None when the batch has no ids.
     image_embeds_m: [B, 1+N, Dv] momentum image tokens, or None (see ``StepContext.image``).
-    alpha: distillation weight for this step (0 = no distillation).
+    alpha: distillation weight for this step: a float (0 = no distillation) or the
+        teacher's 0-d tensor (see :func:`distilling`).
     """
 
     image_feat_m: torch.Tensor
@@ -34,7 +35,17 @@ class TeacherOutput:
     text_feat_all: torch.Tensor
     idx_all: torch.Tensor | None
     image_embeds_m: torch.Tensor | None
-    alpha: float
+    alpha: float | torch.Tensor
+
+
+def distilling(alpha: float | torch.Tensor, flag: bool = True) -> bool:
+    """Whether an objective computes its distillation term: for a float alpha, alpha > 0;
+    for a tensor alpha (the teacher's ramp buffer, whose value changes between steps of a
+    compiled step without recompiling), the static ``flag`` (configured alpha > 0). A
+    tensor alpha of 0 then mixes in the teacher with weight 0: the same loss."""
+    if isinstance(alpha, torch.Tensor):
+        return bool(flag)
+    return float(alpha) > 0
 
 
 @dataclass
@@ -46,6 +57,8 @@ class EncodeFns:
     encode_text(ids [B, L], mask [B, L]) -> (hidden [B, L, H], feature [B, E] or None)
     encode_visual(images [B, 3, H, W] or [B, K, 3, H, W]) -> VisualInput (K token sets)
     fuse(text [B, L, H], mask [B, L], visual: VisualInput) -> [B, L, H]
+    prepare_visual(visual: VisualInput) -> VisualInput with the fusion's cross-attention
+        keys/values attached (computed once per image; optional: None = leave as is)
     head(key) -> the head ``model.heads.<key>`` (raises if the model has none); with
         ``teacher=True`` its EMA copy, or None when the teacher keeps none.
     """
@@ -55,6 +68,7 @@ class EncodeFns:
     encode_visual: Callable[..., VisualInput]
     fuse: Callable[..., torch.Tensor]
     head: Callable[..., nn.Module | None]
+    prepare_visual: Callable[..., VisualInput] | None = None
 
 
 class StepContext:
@@ -66,7 +80,9 @@ class StepContext:
     on first use; ``image_embeds``/``image_feat``/``text_embeds``/``text_feat`` are the
     online ones. ``teacher`` is the :class:`TeacherOutput` (momentum features and queue),
     also computed on first use. ``temp``: 0-dim learnable temperature (None when the
-    model has no projections); ``alpha``: this step's distillation weight.
+    model has no projections); ``alpha``: this step's distillation weight (float, or a
+    0-d tensor with ``distill`` saying whether to distil at all); :attr:`distill`: whether
+    objectives compute their distillation terms (:func:`distilling`).
 
     Precomputed values may be given to the constructor (tests, objectives without a model).
     """
@@ -77,7 +93,8 @@ class StepContext:
         fns: EncodeFns | None = None,
         *,
         temp: torch.Tensor | None = None,
-        alpha: float | None = None,
+        alpha: float | torch.Tensor | None = None,
+        distill: bool | None = None,
         teacher_fn: Callable[["StepContext"], TeacherOutput] | None = None,
         teacher: TeacherOutput | None = None,
         image_embeds: torch.Tensor | None = None,
@@ -88,7 +105,10 @@ class StepContext:
         self.batch = batch
         self.fns = fns
         self.temp = temp
-        self.alpha = float(teacher.alpha if alpha is None and teacher is not None else (alpha or 0.0))
+        if alpha is None:
+            alpha = teacher.alpha if teacher is not None else 0.0
+        self.alpha = alpha if isinstance(alpha, torch.Tensor) else float(alpha)
+        self.distill = distilling(self.alpha, True if distill is None else distill)
         self._teacher_fn = teacher_fn
         self.stats: dict[str, torch.Tensor] = {}
         self._cache: dict[Any, Any] = {}
@@ -126,8 +146,12 @@ class StepContext:
         def compute() -> VisualInput:
             img = self.batch.get("image")
             if img is None or img.dim() == 4:  # one image per text: reuse its encoding
-                return VisualInput.of(self.image(teacher)[0])
-            return self._need_fns().encode_visual(img, teacher=teacher)
+                vis = VisualInput.of(self.image(teacher)[0])
+            else:
+                vis = self._need_fns().encode_visual(img, teacher=teacher)
+            prepare = self.fns.prepare_visual if self.fns is not None else None
+            # the fusion's keys/values of each image once, shared by every objective's pairs
+            return prepare(vis, teacher=teacher) if prepare is not None else vis
         return self._cached(("visual", teacher), compute)
 
     def fused(self, teacher: bool = False) -> torch.Tensor:

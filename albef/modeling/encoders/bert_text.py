@@ -31,6 +31,9 @@ class BertTextEncoder(nn.Module):
             tokenizer's size.
         position_init: ``random`` (BERT's initialisation) or ``sincos`` (1-D sine-cosine
             values, still learnable), for models trained from scratch.
+        attn_implementation: ``sdpa`` (default) or ``eager`` (transformers' written-out
+            attention, same values; the faster one on a CPU under bf16 autocast).
+        grad_checkpointing: recompute each layer's activations in the backward pass.
         vocab_size, pad_token_id: supplied by the builder from the tokenizer.
 
     Public weights (``model.text_encoder.pretrained``: a BERT name or directory) are loaded
@@ -38,7 +41,8 @@ class BertTextEncoder(nn.Module):
     layers ``[0, num_layers)`` here, the remaining layers into the fusion blocks.
     """
 
-    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0, position_init: str = "random"):
+    def __init__(self, num_layers: int = 6, config: dict[str, Any] | None = None, vocab_size: int | None = None, pad_token_id: int = 0, position_init: str = "random",
+                 attn_implementation: str = "sdpa", grad_checkpointing: bool = False):
         super().__init__()
         fields = dict(config or {})
         cfg_vocab = fields.pop("vocab_size", None)
@@ -55,9 +59,17 @@ class BertTextEncoder(nn.Module):
             bert_cfg = BertConfig(vocab_size=cfg_vocab, num_hidden_layers=num_layers, **fields)
         except TypeError as e:
             raise ValueError(f"model.text_encoder.config: {e}") from e
-        bert_cfg._attn_implementation = "sdpa"
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"model.text_encoder.attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
+        bert_cfg._attn_implementation = attn_implementation
         self.config = bert_cfg
         self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        if grad_checkpointing:
+            enable = getattr(self.bert, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.hidden_size: int = bert_cfg.hidden_size
         if position_init == "sincos":
             with torch.no_grad():
@@ -76,5 +88,8 @@ class BertTextEncoder(nn.Module):
         # BertModel.forward would first ask `attention_mask.all()` to decide whether it
         # can drop the mask, a device-to-host sync on every call. Same values.
         hidden = self.bert.embeddings(input_ids=input_ids)
-        out = self.bert.encoder(hidden, attention_mask=attention_mask[:, None, None, :].to(torch.bool))
+        mask = attention_mask[:, None, None, :].to(torch.bool)
+        if self.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(~mask, torch.finfo(hidden.dtype).min)
+        out = self.bert.encoder(hidden, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out.last_hidden_state

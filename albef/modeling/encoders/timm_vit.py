@@ -24,12 +24,20 @@ class TimmViT(nn.Module):
         pos_embed_init: ``random`` (timm's initialisation) or ``sincos`` (2-D sine-cosine
             values, still learnable): a model trained from scratch then knows where each
             patch is from the first step, as a pretrained ViT does.
+        fused_attn: ``null`` (timm's choice: SDPA), ``true`` or ``false`` (attention
+            written out as matmuls and a softmax; same values). On a CPU under bf16
+            autocast the written-out form is the faster one: PyTorch's CPU flash-attention
+            backward in bf16 is several times slower than two bf16 matmuls (measured in
+            the README's performance section).
+        grad_checkpointing: recompute each block's activations in the backward pass
+            instead of keeping them (less memory, ~1/3 more compute).
 
     Public weights (``model.vision_encoder.pretrained``: a local DeiT/timm file or ``timm``)
     are loaded by the model-level initialisation pass, :mod:`albef.modeling.pretrained`.
     """
 
-    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random"):
+    def __init__(self, model_name: str = "vit_base_patch16_224", img_size: int = 256, model_kwargs: dict[str, Any] | None = None, pos_embed_init: str = "random",
+                 fused_attn: bool | None = None, grad_checkpointing: bool = False):
         super().__init__()
         kwargs = dict(model_kwargs or {})
         try:
@@ -47,6 +55,14 @@ class TimmViT(nn.Module):
             raise ValueError(f"model.vision_encoder.pos_embed_init must be 'random' or 'sincos', got {pos_embed_init!r}")
         if pos_embed_init == "sincos":  # public weights, when given, replace them afterwards
             self._init_sincos()
+        if fused_attn is not None:
+            attns = [m for m in self.vit.modules() if hasattr(m, "fused_attn")]
+            if not attns:
+                raise ValueError(f"model.vision_encoder.fused_attn: timm model '{model_name}' has no attention with a fused_attn switch")
+            for m in attns:
+                m.fused_attn = bool(fused_attn)
+        if grad_checkpointing:
+            self.vit.set_grad_checkpointing(True)
 
     @torch.no_grad()
     def _init_sincos(self) -> None:

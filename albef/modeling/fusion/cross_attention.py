@@ -24,8 +24,9 @@ from typing import Collection
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from albef.modeling.fusion.visual import VisualInput
+from albef.modeling.fusion.visual import CrossKV, VisualInput
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "explicit")
@@ -81,9 +82,16 @@ class _QKV(nn.Module):
             attn_mask = tri if attn_mask is None else attn_mask & tri
         return attn_mask
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
-        """x [B, L, H]; context [B, S, C]; context_mask [B, S] (1 = attend) -> [B, L, H]."""
-        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context [B, S, C] -> (keys, values), each [B, heads, S, d]."""
+        return self._split(self.key(context)), self._split(self.value(context))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, L, H]; context [B, S, C]; context_mask [B, S] (1 = attend) -> [B, L, H].
+        ``kv``: this context's keys and values, already projected (:meth:`project_kv`)."""
+        k, v = kv if kv is not None else self.project_kv(context)
+        q = self._split(self.query(x))
         attn_mask = self._mask(context_mask, q.shape[2], k.shape[2], q.device)
         p_drop = self.attn_dropout if self.training else 0.0
         if self.impl == "sdpa" and not self.keep_attention:
@@ -119,8 +127,9 @@ class _Attention(nn.Module):
         self.self = _QKV(hidden, context_width, num_heads, attn_dropout, impl=impl, causal=causal)
         self.output = _AddNorm(hidden, hidden, eps, dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, context, context_mask), x)
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.output(self.self(x, context, context_mask, kv), x)
 
 
 class _Intermediate(nn.Module):
@@ -144,9 +153,10 @@ class FusionLayer(nn.Module):
         self.intermediate = _Intermediate(hidden, ffn)
         self.output = _AddNorm(ffn, hidden, eps, dropout)
 
-    def forward(self, x: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor | None,
+                image_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = self.attention(x, x, text_mask)
-        x = self.crossattention(x, image, image_mask)
+        x = self.crossattention(x, image, image_mask, image_kv)
         return self.output(self.intermediate(x), x)
 
 
@@ -167,6 +177,12 @@ class CrossAttentionFusion(nn.Module):
             attention probabilities and their gradients (Grad-CAM,
             :func:`albef.modeling.gradcam.keep_attention`), which runs that layer explicitly.
         causal: causal self-attention in every layer (the VQA answer decoder).
+        grad_checkpointing: recompute each layer's activations in the backward pass
+            instead of keeping them (``torch.utils.checkpoint``; less memory, more compute).
+        cache_visual_kv: let :meth:`project_visual` compute each image's cross-attention
+            keys and values once per batch, reused by every pair the image is fused in
+            (ITM positives and negatives, MLM, re-ranking); the same values as projecting
+            per pair. ``false``: :meth:`project_visual` returns its input unchanged.
         num_heads, intermediate_size, hidden_dropout_prob, attention_probs_dropout_prob,
         layer_norm_eps: default to the text encoder's BERT config.
         hidden_size, encoder_width, text_config: supplied by the model builder.
@@ -185,6 +201,8 @@ class CrossAttentionFusion(nn.Module):
         share_cross_kv: bool = False,
         attn_implementation: str = "sdpa",
         causal: bool = False,
+        cache_visual_kv: bool = True,
+        grad_checkpointing: bool = False,
         hidden_size: int = 768,
         encoder_width: int = 768,
         text_config=None,
@@ -212,6 +230,8 @@ class CrossAttentionFusion(nn.Module):
         if num_visual_inputs < 1:
             raise ValueError(f"model.fusion.num_visual_inputs must be >= 1, got {num_visual_inputs}")
         self.num_visual_inputs = int(num_visual_inputs)
+        self.cache_visual_kv = bool(cache_visual_kv)
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.share_cross_kv = bool(share_cross_kv)
         if self.share_cross_kv:
             if num_layers % 2:
@@ -243,10 +263,27 @@ class CrossAttentionFusion(nn.Module):
                 f"the fusion encoder was built for {self.num_visual_inputs} visual input(s) per text "
                 f"(model.fusion.num_visual_inputs) but received {k}"
             )
+        kv = visual.kv if visual.kv is not None and visual.kv.owner is self else None
         x = text_embeds
         for i, layer in enumerate(self.layer):
-            x = layer(x, text_mask, visual.tokens[i % k], visual.masks[i % k])
+            layer_kv = None if kv is None else (kv.keys[i], kv.values[i])
+            args = (x, text_mask, visual.tokens[i % k], visual.masks[i % k], layer_kv)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         return x
+
+    def project_visual(self, visual: VisualInput | torch.Tensor) -> VisualInput:
+        """``visual`` with every layer's cross-attention keys and values attached
+        (:class:`CrossKV`), so that pairs indexed from it project no image twice. Returned
+        unchanged when ``cache_visual_kv`` is off."""
+        visual = VisualInput.of(visual)
+        if not self.cache_visual_kv:
+            return visual
+        k = visual.num_sets
+        kvs = [layer.crossattention.self.project_kv(visual.tokens[i % k]) for i, layer in enumerate(self.layer)]
+        return VisualInput(visual.tokens, visual.masks, CrossKV(self, tuple(a for a, _ in kvs), tuple(b for _, b in kvs)))
 
     def weight_map(self, available: Collection[str]) -> dict[str, str]:
         """How to fill this fusion from a checkpoint with another number of layers.

@@ -8,16 +8,40 @@ import torch
 
 
 @dataclass(frozen=True)
+class CrossKV:
+    """The cross-attention keys and values of every fusion layer for a batch of visual
+    inputs, computed once (``CrossAttentionFusion.project_visual``) and reused by every
+    pair an image takes part in: ITM's positives and mined negatives, MLM, re-ranking.
+
+    ``keys[i]``, ``values[i]``: [B, heads, N, d] for fusion layer i. ``owner``: the fusion
+    module whose weights made them; another module (the teacher's copy) ignores them and
+    projects the tokens itself.
+    """
+
+    owner: object
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    def index(self, idx: torch.Tensor) -> "CrossKV":
+        return CrossKV(self.owner, tuple(k[idx] for k in self.keys), tuple(v[idx] for v in self.values))
+
+
+@dataclass(frozen=True)
 class VisualInput:
     """``tokens[k]`` [B, N_k, Dv] with ``masks[k]`` [B, N_k] (1 = attend) or None (attend to all).
 
     One set for an image-text pair; NLVR2 gives two (the left and the right image), and
     the fusion encoder decides which layer attends to which set. Every set has the
     batch size of the text it is fused with.
+
+    ``kv``: optionally, the fusion layers' cross-attention keys and values of these
+    tokens (:class:`CrossKV`), so that rows indexed or concatenated from the same
+    images reuse them instead of projecting the same image again.
     """
 
     tokens: tuple[torch.Tensor, ...]
     masks: tuple[torch.Tensor | None, ...]
+    kv: CrossKV | None = None
 
     def __post_init__(self):
         if not self.tokens:
@@ -43,7 +67,10 @@ class VisualInput:
 
     def index(self, idx: torch.Tensor) -> "VisualInput":
         """The rows ``idx`` [M] of every set (e.g. the negative images of ITM)."""
-        return VisualInput(tuple(t[idx] for t in self.tokens), tuple(None if m is None else m[idx] for m in self.masks))
+        return VisualInput(
+            tuple(t[idx] for t in self.tokens), tuple(None if m is None else m[idx] for m in self.masks),
+            None if self.kv is None else self.kv.index(idx),
+        )
 
     @staticmethod
     def cat(parts: Sequence["VisualInput"]) -> "VisualInput":
@@ -60,4 +87,9 @@ class VisualInput:
             else:
                 masks.append(torch.cat([m if m is not None else torch.ones(p.tokens[k].shape[:2], dtype=torch.long, device=p.tokens[k].device)
                                         for m, p in zip(ms, parts)]))
-        return VisualInput(tokens, tuple(masks))
+        kvs = [p.kv for p in parts]
+        kv = None
+        if all(x is not None and x.owner is kvs[0].owner for x in kvs):  # otherwise projected again
+            kv = CrossKV(kvs[0].owner, tuple(torch.cat(ks) for ks in zip(*(x.keys for x in kvs))),
+                         tuple(torch.cat(vs) for vs in zip(*(x.values for x in kvs))))
+        return VisualInput(tokens, tuple(masks), kv)

@@ -77,7 +77,7 @@ class ALBEF(ALBEFModel):
             )
         self.teacher = teacher
         self.teacher.attach(self, self.momentum_paths())
-        self.fns = EncodeFns(self.encode_image, self.encode_text, self.encode_visual, self.fuse, self.head)
+        self.fns = EncodeFns(self.encode_image, self.encode_text, self.encode_visual, self.fuse, self.head, self.prepare_visual)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -200,7 +200,8 @@ class ALBEF(ALBEFModel):
     # ------------------------------------------------------------------ training
     def context(self, batch: dict[str, Any]) -> StepContext:
         """A StepContext over ``batch`` with this model's functions (also for evaluation)."""
-        return StepContext(batch, self.fns, temp=self.temp, alpha=self.teacher.current_alpha, teacher_fn=self.teacher.contrastive)
+        t = self.teacher
+        return StepContext(batch, self.fns, temp=self.temp, alpha=t.alpha_now, distill=t.distills, teacher_fn=t.contrastive)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         ctx = self.context(batch)

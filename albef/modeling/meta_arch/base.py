@@ -97,6 +97,15 @@ class ALBEFModel(nn.Module):
         tokens = self.vision_encoder(images.transpose(0, 1).flatten(0, 1))  # [K*B, 1+N, Dv], image k of every row together
         return VisualInput(tuple(tokens.view(k, b, *tokens.shape[1:]).unbind(0)), (None,) * k)
 
+    def prepare_visual(self, visual: VisualInput | torch.Tensor, teacher: bool = False) -> VisualInput:
+        """``visual`` with the fusion encoder's cross-attention keys and values of every
+        image computed once (when the fusion can: ``project_visual``), for reuse by every
+        pair that image is fused in; unchanged otherwise. Same values either way."""
+        if teacher:
+            return self._on_teacher(self.prepare_visual, visual)
+        project = getattr(self.fusion, "project_visual", None)
+        return project(visual) if callable(project) else VisualInput.of(visual)
+
     def fuse(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput | torch.Tensor, teacher: bool = False) -> torch.Tensor:
         """text [B, L, H], mask [B, L], visual (VisualInput or tokens [B, N, Dv]) -> fused [B, L, H]."""
         if teacher:

@@ -48,7 +48,7 @@ class AnswerGenerationLoss(Objective):
         logits = ctx.head(self.head)(ids, mask, ctx.fused().index_select(0, owner), q_mask).float()  # [A, La, V]
         nll = token_nll(logits, ids, mask)  # [A, La-1]
         alpha = ctx.alpha
-        dec_m = ctx.head(self.head, teacher=True) if alpha > 0 else None
+        dec_m = ctx.head(self.head, teacher=True) if ctx.distill else None
         if dec_m is not None:
             with torch.no_grad():
                 soft = F.softmax(dec_m(ids, mask, ctx.fused(teacher=True).index_select(0, owner), q_mask).float()[:, :-1], dim=-1)

@@ -36,7 +36,7 @@ class ClassificationLoss(Objective):
         logits = ctx.head(self.head)(ctx.fused()[:, 0]).float()  # [B, C]
         loss = F.cross_entropy(logits, labels)
         alpha = ctx.alpha
-        head_m = ctx.head(self.head, teacher=True) if alpha > 0 else None
+        head_m = ctx.head(self.head, teacher=True) if ctx.distill else None
         if head_m is not None:
             with torch.no_grad():
                 soft = F.softmax(head_m(ctx.fused(teacher=True)[:, 0]).float(), dim=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from albef.modeling.context import StepContext
+from albef.modeling.context import StepContext, distilling
 from albef.modeling.objectives.base import Objective
 
 
@@ -28,7 +28,7 @@ def itc_targets(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
     t = ctx.teacher
     b, n = ctx.sim_i2t.shape
     targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, ctx.sim_i2t.device)
-    if t.alpha <= 0:
+    if not distilling(t.alpha, ctx.distill):
         return targets, targets
     with torch.no_grad():
         sim_i2t_m = t.image_feat_m @ t.text_feat_all.t() / ctx.temp

@@ -58,6 +58,12 @@ class MLMLoss(Objective):
     A batch may pin the masked positions with ``mlm_positions`` [B, L] bool (tests, parity).
 
     Args:
+        logits: ``masked`` (default): the MLM head (and the teacher's, and both softmaxes)
+            runs only at the chosen positions, ~15% of them; ``all``: at every position, as
+            the official code, then the unchosen ones are ignored. The loss is the same (to
+            float rounding); ``masked`` skips ~85% of the vocabulary projection. Its
+            number of positions varies per batch (a data-dependent shape: a compiled step
+            splits its graph there).
         mask_prob: probability of choosing a token (15%).
         replace_prob, random_prob: the 80/10/10 split.
         head: key of the MLM head in ``model.heads``.
@@ -67,6 +73,7 @@ class MLMLoss(Objective):
     def __init__(
         self,
         weight: float = 1.0,
+        logits: str = "masked",
         mask_prob: float = 0.15,
         replace_prob: float = 0.8,
         random_prob: float = 0.1,
@@ -76,6 +83,9 @@ class MLMLoss(Objective):
         special_token_ids: Sequence[int] = (0, 101, 102),
     ):
         super().__init__(weight)
+        if logits not in ("masked", "all"):
+            raise ValueError(f"model.objectives.mlm.logits must be 'masked' or 'all', got {logits!r}")
+        self.logits = logits
         if not 0.0 <= mask_prob <= 1.0 or replace_prob + random_prob > 1.0:
             raise ValueError(f"invalid MLM probabilities: mask {mask_prob}, replace {replace_prob}, random {random_prob}")
         self.mask_prob, self.replace_prob, self.random_prob = mask_prob, replace_prob, random_prob
@@ -94,18 +104,28 @@ class MLMLoss(Objective):
             positions=ctx.batch.get("mlm_positions"), replace_prob=self.replace_prob, random_prob=self.random_prob,
         )
         text, _ = ctx.encode_text(masked_ids, mask)
-        logits = ctx.head(self.head)(ctx.fuse(text, mask, ctx.visual())).float()  # [B, L, V]
-        chosen = (labels != -100).float()
-        n = chosen.sum().clamp(min=1.0)
-        ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none")
-        loss = ce.sum() / n
+        fused = ctx.fuse(text, mask, ctx.visual())  # [B, L, H]
+        chosen = labels != -100
+        n = chosen.sum().clamp(min=1).float()
+        if self.logits == "masked":  # only the chosen positions: [M, H] -> [M, V]
+            sel = chosen.flatten().nonzero().squeeze(1)
+            pick = lambda h: h.flatten(0, 1).index_select(0, sel)  # noqa: E731
+            targets = labels.flatten().index_select(0, sel)
+            weights = None
+        else:  # every position [B*L, V], unchosen ones weighted 0 (official)
+            pick = lambda h: h.flatten(0, 1)  # noqa: E731
+            targets = labels.flatten()
+            weights = chosen.flatten().float()
+        logits = ctx.head(self.head)(pick(fused)).float()
+        loss = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / n
         alpha = ctx.alpha
-        head_m = ctx.head(self.head, teacher=True) if alpha > 0 else None
+        head_m = ctx.head(self.head, teacher=True) if ctx.distill else None
         if head_m is not None:
             with torch.no_grad():
                 text_m, _ = ctx.encode_text(masked_ids, mask, teacher=True)
                 hidden_m = ctx.fuse(text_m, mask, ctx.visual(teacher=True), teacher=True)
-                soft = F.softmax(head_m(hidden_m).float(), dim=-1)
-            distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1)  # [B, L]
-            loss = (1 - alpha) * loss + alpha * (distill * chosen).sum() / n
+                soft = F.softmax(head_m(pick(hidden_m)).float(), dim=-1)
+            distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1)  # [M] or [B*L]
+            distill = distill.sum() if weights is None else (distill * weights).sum()
+            loss = (1 - alpha) * loss + alpha * distill / n
         return loss

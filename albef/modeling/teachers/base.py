@@ -42,6 +42,11 @@ class Teacher(nn.Module):
         momentum: EMA coefficient m.
         alpha: distillation weight after the ramp; the trainer's alpha hook sets
             :attr:`current_alpha` = alpha * ramp(iteration).
+
+    This step's alpha lives in a 0-d buffer (:attr:`alpha_now`, on the model's device)
+    that the ramp fills in place: objectives compute with the tensor, so a compiled or
+    graph-captured step sees every new value without recompiling, and whether to distil
+    at all is the static :attr:`distills` (the configured alpha > 0).
     """
 
     def __init__(self, momentum: float = 0.995, alpha: float = 0.4):
@@ -52,7 +57,8 @@ class Teacher(nn.Module):
             raise ValueError(f"model.teacher.alpha must be in [0, 1], got {alpha}")
         self.momentum = float(momentum)
         self.alpha = float(alpha)
-        self.current_alpha = float(alpha)
+        self.register_buffer("alpha_now", torch.tensor(float(alpha)), persistent=False)
+        self._alpha_value = float(alpha)
         self.model: nn.ModuleDict | None = None
         self.paths: list[str] = []
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -87,6 +93,21 @@ class Teacher(nn.Module):
         for p in path.split("."):
             mod = mod._modules[p]
         return mod
+
+    @property
+    def current_alpha(self) -> float:
+        """This step's alpha as a Python float (for logging; no device read)."""
+        return self._alpha_value
+
+    @current_alpha.setter
+    def current_alpha(self, value: float) -> None:
+        self._alpha_value = float(value)
+        self.alpha_now.fill_(float(value))  # in place: a captured graph reads the new value
+
+    @property
+    def distills(self) -> bool:
+        """Whether objectives compute distillation targets at all (static for a run)."""
+        return self.alpha > 0 or self._alpha_value > 0
 
     def set_alpha_scale(self, scale: float) -> None:
         self.current_alpha = self.alpha * float(scale)
