@@ -72,6 +72,12 @@ _DEFAULTS: dict[str, Any] = {
         # needed to reproduce official checkpoints (training and retrieval evaluation)
         "tokenization": "ours",
         "num_workers": 4,
+        # text padding of training batches: longest (per batch: least work), max_length (every
+        # batch data.max_tokens long: one shape, what train.compile needs), or auto (max_length
+        # when the step is compiled, else longest)
+        "padding": "auto",
+        # training DataLoader settings (workers: data.num_workers); pin_memory auto = on CUDA
+        "loader": {"prefetch_factor": 4, "pin_memory": "auto", "persistent_workers": True},
         "strict": False,  # true: a bad image or caption stops the run; false: skipped, counted, logged
         "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)
         # turns a list of samples into a batch, tokenising the dataset's text field
@@ -111,6 +117,11 @@ _DEFAULTS: dict[str, Any] = {
         "clip_grad": None,  # max grad norm; null = no clipping (official)
         "alpha_warmup_iters": None,  # alpha ramps 0 -> alpha over this many iterations; null = one epoch
         "amp": "auto",  # auto: bf16 autocast on CUDA, off on CPU; or bf16 / off
+        # torch.compile the whole training forward + backward (one region; the EMA, queue and
+        # clamps stay outside, in model.after_step): auto = on for CUDA, off on the CPU; on / off
+        "compile": "auto",
+        "compile_mode": None,  # torch.compile mode: null (default), reduce-overhead (CUDA graphs), max-autotune
+        "compile_backend": "inductor",
         "checkpoint_period": 5000,
         "max_to_keep": 3,
         "eval_period": 0,  # 0: evaluate only at the end

@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from albef.config import runtime
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
 from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, ComponentError, build_component
@@ -90,13 +91,15 @@ def _base_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def build_collator(cfg: DictConfig, dataset: Dataset, tokenizer: Any):
-    """``data.collator`` for ``dataset``: it tokenises the dataset's ``text_field``."""
+def build_collator(cfg: DictConfig, dataset: Dataset, tokenizer: Any, pad_to_max: bool = False):
+    """``data.collator`` for ``dataset``: it tokenises the dataset's ``text_field``
+    (``pad_to_max``: every batch ``data.max_tokens`` long)."""
     base = _base_dataset(dataset)
     return build_component(
         COLLATOR_REGISTRY, cfg.data.collator, where="data.collator",
         tokenizer=tokenizer, max_tokens=cfg.data.max_tokens, tokenization=cfg.data.tokenization,
         text_field=getattr(base, "text_field", "caption"), with_image_ids=getattr(base, "has_image_ids", True),
+        pad_to_max=pad_to_max,
     )
 
 
@@ -112,18 +115,21 @@ def build_train_sampler(cfg: DictConfig, dataset: Dataset, start_iter: int = 0):
 
 
 def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0) -> DataLoader:
+    """Batches of ``train.batch_size`` from the dataset's sampler, with ``data.num_workers``
+    workers and the ``data.loader`` settings; text padded as ``data.padding`` says."""
     rank = comm.get_rank()
     nw = cfg.data.num_workers
+    ld = cfg.data.loader
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
         sampler=build_train_sampler(cfg, dataset, start_iter),
         num_workers=nw,
-        collate_fn=build_collator(cfg, dataset, tokenizer),
-        pin_memory=False,
+        collate_fn=build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg)),
+        pin_memory=runtime.pin_memory(cfg),
         drop_last=True,
-        persistent_workers=False,
-        prefetch_factor=4 if nw > 0 else None,
+        persistent_workers=bool(ld.persistent_workers) and nw > 0,
+        prefetch_factor=int(ld.prefetch_factor) if nw > 0 else None,
         # Its own generator: creating the iterator must not draw from the global RNG,
         # or a resumed run would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(cfg.train.seed + rank),

@@ -25,10 +25,15 @@ class ImageTextCollator:
         with_image_ids: keep ``image_id`` (the dataset's ``has_image_ids``; without ids ITC
             uses the diagonal as positives, as the official pretraining).
         tokenizer: builder-supplied (None for samples without text, e.g. retrieval images).
+        pad_to_max: pad every batch to ``max_tokens`` (one shape for every step: what a
+            compiled or graph-captured step needs) instead of to its longest text.
+            Builder-supplied from ``data.padding``.
     """
 
-    def __init__(self, tokenizer=None, max_tokens: int = 30, tokenization: str = "ours", text_field: str = "caption", with_image_ids: bool = True):
+    def __init__(self, tokenizer=None, max_tokens: int = 30, tokenization: str = "ours", text_field: str = "caption", with_image_ids: bool = True,
+                 pad_to_max: bool = False):
         self.tokenizer, self.max_tokens, self.text_field, self.with_image_ids = tokenizer, max_tokens, text_field, with_image_ids
+        self.pad_to_max = bool(pad_to_max)
         self.tokenization = check_tokenization_mode(tokenization)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -42,7 +47,7 @@ class ImageTextCollator:
             if key == self.text_field:
                 if self.tokenizer is None:
                     raise ValueError(f"ImageTextCollator: samples carry text '{key}' but no tokenizer was given")
-                batch.update(tokenize(self.tokenizer, values, self.max_tokens, mode=self.tokenization))
+                batch.update(tokenize(self.tokenizer, values, self.max_tokens, pad_to_max=self.pad_to_max, mode=self.tokenization))
             elif isinstance(values[0], torch.Tensor):
                 batch[key] = torch.stack(values)
             elif isinstance(values[0], numbers.Integral) and not isinstance(values[0], bool):
@@ -70,8 +75,9 @@ class VQACollator(ImageTextCollator):
     """
 
     def __init__(self, tokenizer=None, max_tokens: int = 30, tokenization: str = "ours", text_field: str = "question",
-                 with_image_ids: bool = True, max_answer_tokens: int = 32):
-        super().__init__(tokenizer, max_tokens, tokenization=tokenization, text_field=text_field, with_image_ids=with_image_ids)
+                 with_image_ids: bool = True, max_answer_tokens: int = 32, pad_to_max: bool = False):
+        super().__init__(tokenizer, max_tokens, tokenization=tokenization, text_field=text_field, with_image_ids=with_image_ids,
+                         pad_to_max=pad_to_max)
         self.max_answer_tokens = int(max_answer_tokens)
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from albef.checkpoint import ALBEFCheckpointer, set_rng_state
-from albef.config import config_to_dict, dump_config, load_config
+from albef.config import config_to_dict, dump_config, load_config, runtime
 from albef.data import build as data_build
 from albef.data.tokenization import build_tokenizer
 from albef.engine import hooks as H
@@ -302,11 +302,10 @@ class DefaultTrainer:
             H.PeriodicWriter(writers, cfg.train.log_period),
         ]
 
-    def train(self) -> dict[str, float] | None:
+    def build_trainer(self, loader) -> SimpleTrainer:
+        """The step runner over ``loader`` with this run's hooks registered: what
+        :meth:`train` runs, and what ``tools/benchmark.py`` times (same step, same hooks)."""
         cfg = self.cfg
-        if self.train_set is None:
-            raise RuntimeError("this trainer was built with eval_only=True: it has no training data")
-        loader = self.build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
         model = self.model
         if comm.get_world_size() > 1:
             fup = cfg.train.find_unused_parameters
@@ -315,14 +314,25 @@ class DefaultTrainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, find_unused_parameters=fup,
             )
+        compile_kwargs = None
+        if runtime.compile_enabled(cfg):
+            compile_kwargs = {"backend": cfg.train.compile_backend, "mode": cfg.train.compile_mode}
+            logger.info("train.compile: the training forward and backward are compiled (%s)", compile_kwargs)
         trainer = SimpleTrainer(
             model, loader, self.optimizer, device=self.device, amp=self.amp,
-            clip_grad=cfg.train.clip_grad, global_batch=self.global_batch,
+            clip_grad=cfg.train.clip_grad, global_batch=self.global_batch, compile=compile_kwargs,
         )
-        hooks = self.build_hooks()
-        trainer.register_hooks(hooks)
+        trainer.register_hooks(self.build_hooks())
+        return trainer
+
+    def train(self) -> dict[str, float] | None:
+        cfg = self.cfg
+        if self.train_set is None:
+            raise RuntimeError("this trainer was built with eval_only=True: it has no training data")
+        loader = self.build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
+        trainer = self.build_trainer(loader)
         trainer.train(self.start_iter, cfg.train.max_iter)
-        ev = [h for h in hooks if isinstance(h, H.EvalHook)]
+        ev = [h for h in trainer._hooks if isinstance(h, H.EvalHook)]
         return ev[0].latest if ev else None
 
 

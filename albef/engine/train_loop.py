@@ -96,9 +96,17 @@ class SimpleTrainer(TrainerBase):
     Entries of ``out`` not named ``loss_*`` are logged, not optimised, except ``state``,
     which the model's forward hands to its own ``after_step`` (the one place where its
     per-step state changes: teacher EMA, queue, clamps).
+
+    ``compile``: ``torch.compile`` keyword arguments (``backend``, ``mode``, ...) to compile
+    the whole forward -- model, objectives, teacher, loss sum -- as one region, whose
+    backward AOTAutograd compiles too; None runs it eagerly. ``after_step`` and the
+    optimizer stay outside, so nothing the compiled region captures changes state. A
+    compiled step receives the batch's tensors only (strings and lists would be guarded
+    on and recompile every batch).
     """
 
-    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer, *, device: torch.device, amp: bool = False, clip_grad: float | None = None, global_batch: int = 1):
+    def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer, *, device: torch.device, amp: bool = False, clip_grad: float | None = None, global_batch: int = 1,
+                 compile: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
         self.data_loader = data_loader
@@ -110,6 +118,15 @@ class SimpleTrainer(TrainerBase):
         self.global_batch = global_batch
         self.num_skipped = 0
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.compiled = compile is not None
+        if compile is not None:
+            # Masked-only MLM gathers a data-dependent number of positions (nonzero): traced
+            # with a symbolic size instead of a graph break (which would drop the model's
+            # forward back to eager) and a recompile for every new count.
+            torch._dynamo.config.capture_dynamic_output_shape_ops = True
+            self._forward = torch.compile(self.forward_losses, **compile)
+        else:
+            self._forward = self.forward_losses
 
     @property
     def data_iter(self) -> Iterator:
@@ -119,6 +136,16 @@ class SimpleTrainer(TrainerBase):
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def forward_losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any], Any]:
+        """(sum of the ``loss_*`` entries, the other outputs, the model's ``state``): the
+        part of the step that ``compile`` compiles."""
+        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        with ctx:
+            out = self.model(batch)
+        state = out.pop("state", None)
+        losses = sum(v for k, v in out.items() if k.startswith("loss_"))
+        return losses, out, state
 
     def run_step(self) -> None:
         start = time.perf_counter()
@@ -130,11 +157,9 @@ class SimpleTrainer(TrainerBase):
             for path, reason in skipped:
                 logger.warning("Skipped sample %s: %s (iteration %d, %d skipped so far)", path, reason, self.iter, self.num_skipped)
         batch = self._to_device(batch)
-        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
-        with ctx:
-            out = self.model(batch)
-        state = out.pop("state", None)
-        losses = sum(v for k, v in out.items() if k.startswith("loss_"))
+        if self.compiled:
+            batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        losses, out, state = self._forward(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses.backward()
         if self.clip_grad:
