@@ -1,0 +1,558 @@
+#!/usr/bin/env python
+"""Measure the training step, the retrieval evaluation or the data pipeline of a config.
+
+    python tools/benchmark.py --config-file FILE [--device cpu|cuda] [--batch N] [--steps N] [--warmup N]
+        [--what train|eval|data] [--out FILE.json] [--profile-steps N] [--flops-per-pair F] [--peak-tflops T]
+        [--num-images N] [--num-texts N] [--workers N ...] [--target-pairs-per-s P] [--threads N] [KEY=VALUE ...]
+
+Examples::
+
+    # the training step of the paper's recipe (ViT-B/16 at 256 px, BERT-base 6+6), as the trainer runs it
+    python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --device cuda --batch 64
+    # the default job's step on the CPU
+    python tools/benchmark.py --config-file configs/pretrain/synthetic.yaml --device cpu --batch 32 --steps 10
+    # retrieval evaluation (ITC + ITM re-ranking of the top k_test) on 200 synthetic images, 1,000 texts
+    python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --what eval --num-images 200 eval.retrieval.k_test=128
+    # the training DataLoader at the config's resolution and augmentations, 0, 2 and 4 workers
+    python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --what data --batch 64 --steps 10 --workers 0 2 4 --target-pairs-per-s 1500
+
+KEY=VALUE config overrides come last; after a list flag (``--workers 0 1``) put ``--`` before them.
+
+``train``: the run is assembled by a :class:`DefaultTrainer` subclass whose data builders are
+replaced (no data set, files or downloads; no evaluators; no public-weight init), and the step
+runner comes from ``DefaultTrainer.build_trainer(loader)``: the same step and hooks as
+``tools/train_net.py`` (writers go to a temporary directory). ``loader`` yields host batches of
+the config's shapes. Warm-up steps, timed steps, ``--profile-steps`` under torch.profiler (aten
+ops, kernel launches, top ops) and one step under FlopCounterMode follow each other in one
+EventStorage, as ``TrainerBase.train`` runs them.
+
+The tokenizer: the config's when it is a local file or directory; when the config generates the
+synthetic data set, that data set is generated into a temporary directory (its vocabulary sizes
+the model); otherwise (e.g. ``bert-base-uncased``, never downloaded here) a stand-in WordPiece
+vocabulary of BERT's 30,522 ids with [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103.
+
+Writes a JSON (``--out``, default ``output/benchmark/<what>.json``) and prints a summary.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+# albef (and the model stack behind it) is imported after the arguments are checked, so that a
+# bad argument is reported in the time torch takes to import, not the whole stack's.
+
+BASE_RECIPE_FLOP_PER_PAIR = 2.886e11  # official ALBEF count for ViT-B/16 at 256 px + BERT-base 6+6, fwd+bwd
+PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]  # bf16 dense; first match wins
+WORDS = ("a man woman dog cat people group of two young small large red blue white black green sitting standing "
+         "riding walking holding on in at with the near next to front top street table field water beach room "
+         "building car train bus plate food ball shirt tree grass snow sky city").split()
+
+
+def caption(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 14)))  # COCO captions: ~10 words
+
+
+# ---------------------------------------------------------------------------- config and tokenizer
+def standin_vocab(path: str) -> str:
+    """A vocab.txt with BERT's ids for the special tokens and size; the caption words are real tokens."""
+    toks = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS))
+    toks += [f"tok{i}" for i in range(30522 - len(toks))]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(toks) + "\n")
+    return path
+
+
+def resolve_config(args, tmp: str, extra: list[str], need_vocab: bool):
+    """The config with the user's overrides, then ours; and a note on where the tokenizer came from."""
+    from albef.config import load_config
+    from albef.data import build as data_build
+
+    user = list(args.opts)
+    cfg = load_config(args.config_file, user)  # unknown keys etc. fail here, naming the key
+    tok = cfg.data.tokenizer
+    if os.path.exists(tok):
+        src = f"config's ({tok})"
+    elif cfg.data.synthetic is not None and need_vocab:
+        # The vocabulary sizes the embeddings and the MLM head: generate the data set (not into the repo).
+        root = os.path.join(tmp, "synthetic")
+        user = user + [f"data.synthetic.root={root}"]
+        t0 = time.perf_counter()
+        data_build.prepare_synthetic(load_config(args.config_file, user))
+        tok = load_config(args.config_file, user).data.tokenizer
+        src = f"synthetic data set generated into a temporary directory in {time.perf_counter() - t0:.2f}s"
+    else:
+        tok = standin_vocab(os.path.join(tmp, "vocab.txt"))
+        src = f"stand-in: BERT-sized WordPiece vocabulary (30522 ids) for {cfg.data.tokenizer!r}"
+    ours = [f"data.tokenizer={tok}", f"output_dir={os.path.join(tmp, 'out')}", f"train.device={args.device}"]
+    if args.batch:
+        ours.append(f"train.batch_size={args.batch}")
+    cfg = load_config(args.config_file, user + ours + extra)
+    return cfg, src, ours + extra
+
+
+def bench_trainer(eval_dataset=None):
+    """A DefaultTrainer subclass without data: no generation, no training set, evaluation only on
+    ``eval_dataset`` (None: no evaluators), weights left at their random init (timing only)."""
+    from albef.engine.defaults import DefaultTrainer
+    from albef.modeling import build_model
+
+    class BenchTrainer(DefaultTrainer):
+        @classmethod
+        def prepare_data(cls, cfg):
+            pass
+
+        @classmethod
+        def build_model(cls, cfg, tokenizer):
+            return build_model(cfg, tokenizer, public_init=False)  # public weights would be a download
+
+        @classmethod
+        def build_train_dataset(cls, cfg):
+            return None  # hence alpha_ramp_iters 0 unless set: full distillation, the steady state
+
+        @classmethod
+        def build_test_dataset(cls, cfg, split):
+            return eval_dataset
+
+    return BenchTrainer
+
+
+# ---------------------------------------------------------------------------- synthetic inputs
+def train_batches(cfg, tokenizer, batch: int, pool: int = 4, seed: int = 0):
+    """Infinite host batches shaped as the collator makes them (``image``, ``input_ids``,
+    ``attention_mask`` [B, data.max_tokens], distinct ``image_id``), cycling over ``pool`` draws."""
+    g = torch.Generator().manual_seed(seed)
+    res, length = int(cfg.model.vision_encoder.img_size), int(cfg.data.max_tokens)
+    special = set(tokenizer.all_special_ids)
+    words = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+    drawn = []
+    for _ in range(pool):
+        ids = words[torch.randint(len(words), (batch, length), generator=g)]
+        # Captions vary in length: most rows end early ([SEP] then padding); the longest fills the row.
+        lengths = torch.randint(max(3, length // 2), length + 1, (batch,), generator=g)
+        lengths[0] = length
+        mask = (torch.arange(length) < lengths[:, None]).long()
+        ids[:, 0] = tokenizer.cls_token_id
+        if cfg.data.tokenization != "official":  # official ALBEF tokenization has no [SEP]
+            ids[torch.arange(batch), lengths - 1] = tokenizer.sep_token_id
+        ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+        drawn.append((torch.randn(batch, 3, res, res, generator=g), ids, mask))
+    n = 0
+    while True:
+        image, ids, mask = drawn[n % pool]
+        # Fresh small tensors: on CPU .to(device) is a no-op and the model may write into them.
+        yield {"image": image, "input_ids": ids.clone(), "attention_mask": mask.clone(),
+               "image_id": torch.arange(n * batch, (n + 1) * batch)}
+        n += 1
+
+
+class SyntheticRetrievalSet(torch.utils.data.Dataset):
+    """In memory, what RetrievalEvaluator reads of a RetrievalEvalJSON: ``text``, ``txt2img``,
+    ``img2txt`` and ``[i] -> {image, index}`` (random pixels: no JPEG decoding)."""
+
+    def __init__(self, num_images: int, num_texts: int, res: int, seed: int = 0):
+        rng = random.Random(seed)
+        self.text = [caption(rng) for _ in range(num_texts)]
+        self.txt2img = [t % num_images for t in range(num_texts)]
+        self.img2txt = [list(range(i, num_texts, num_images)) for i in range(num_images)]
+        self.res, self.seed = res, seed
+
+    def __len__(self) -> int:
+        return len(self.img2txt)
+
+    def __getitem__(self, i: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return {"image": torch.randn(3, self.res, self.res, generator=g), "index": i}
+
+
+# ---------------------------------------------------------------------------- measurements
+# Every mode's JSON has these keys; null where the mode does not measure it.
+COMMON_KEYS = ("batch", "steps", "warmup", "pairs_per_s", "step_time_s", "peak_memory_bytes", "peak_memory_kind", "amp",
+               "aten_ops_per_step", "kernel_launches_per_step", "kernel_launches_definition", "measured_flop_per_pair",
+               "flop_per_pair_used", "flop_per_pair_source", "peak_flops", "peak_flops_source", "mfu", "notes")
+
+
+def stats(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "mean": statistics.fmean(xs)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated (timed steps)"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (ru_maxrss, whole process life)"
+
+
+def profile_summary(prof, steps: int, cuda: bool) -> dict:
+    """aten ops, kernel launches (or, on CPU, top-level aten ops: the host-overhead proxy) and top ops, per step."""
+    from torch.autograd import DeviceType
+
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::")]
+
+    def top_level(e) -> bool:  # no aten:: op above it: what Python (or autograd) dispatched itself
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("aten::"):
+                return False
+            p = p.cpu_parent
+        return True
+
+    out = {"aten_ops_per_step": len(aten) / steps, "top_level_aten_ops_per_step": sum(map(top_level, aten)) / steps}
+    if cuda:
+        launches = [e for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")]
+        if launches:
+            out["kernel_launches_per_step"], out["kernel_launches_definition"] = len(launches) / steps, "cudaLaunchKernel/cuLaunchKernel runtime calls"
+        else:
+            kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+            out["kernel_launches_per_step"], out["kernel_launches_definition"] = len(kernels) / steps, "device kernel events"
+    else:
+        out["kernel_launches_per_step"] = out["top_level_aten_ops_per_step"]
+        out["kernel_launches_definition"] = "CPU: top-level aten ops dispatched (no aten op above them), the host-overhead proxy"
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    avgs = sorted(prof.key_averages(), key=lambda a: getattr(a, key), reverse=True)[:10]
+    out["top_ops_definition"] = f"profiler events (aten ops and record_function ranges) by {key}"
+    out["top_ops_by_self_time"] = [
+        {"name": a.key, "calls_per_step": a.count / steps, f"{key.replace('_total', '')}_ms_per_step": getattr(a, key) / 1e3 / steps}
+        for a in avgs
+    ]
+    return out
+
+
+def is_base_recipe(cfg) -> bool:
+    """ViT-B/16 at 256 px with BERT-base split 6 text + 6 fusion layers (the official FLOP count applies)."""
+    v, t = cfg.model.vision_encoder, cfg.model.text_encoder
+    return (v.model_name in ("vit_base_patch16_224", "deit_base_patch16_224") and int(v.img_size) == 256
+            and not v.get("model_kwargs") and t.config.hidden_size == 768 and t.config.intermediate_size == 3072
+            and t.num_layers == 6 and cfg.model.fusion.num_layers == 6)
+
+
+# ---------------------------------------------------------------------------- modes
+def bench_train(args, tmp: str) -> dict:
+    total = args.warmup + args.steps + args.profile_steps + 1  # +1: the FlopCounterMode step
+    cfg, tok_src, ours = resolve_config(args, tmp, [], need_vocab=True)
+    if cfg.train.max_iter <= total:  # the LR schedule needs iter < max_iter; never reach the final checkpoint
+        cfg, tok_src, ours = resolve_config(args, tmp, [f"train.max_iter={total + 1}"], need_vocab=True)
+    from albef.utils.events import EventStorage
+
+    runner = bench_trainer()(cfg)
+    device, batch = runner.device, int(cfg.train.batch_size)
+    trainer = runner.build_trainer(train_batches(cfg, runner.tokenizer, batch))
+    cuda = device.type == "cuda"
+
+    def step() -> None:  # TrainerBase.train's loop body
+        trainer.before_step()
+        trainer.run_step()
+        trainer.after_step()
+        trainer.iter += 1
+
+    trainer.iter = trainer.start_iter = 0
+    trainer.max_iter = int(cfg.train.max_iter)
+    times: list[float] = []
+    phases, t_phase = {}, time.perf_counter()
+
+    def phase(name: str) -> None:  # wall seconds of each part, to see where a slow run went
+        nonlocal t_phase
+        sync(device)
+        phases[name], t_phase = time.perf_counter() - t_phase, time.perf_counter()
+
+    with EventStorage(0) as trainer.storage:
+        trainer.before_train()
+        try:
+            for _ in range(args.warmup):
+                step()
+            phase("warmup")
+            if cuda:  # events between steps: the device timeline, without a host sync per step
+                torch.cuda.reset_peak_memory_stats(device)
+                marks = [torch.cuda.Event(enable_timing=True) for _ in range(args.steps + 1)]
+                marks[0].record()
+                for i in range(args.steps):
+                    step()
+                    marks[i + 1].record()
+                sync(device)
+                times = [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:])]
+            else:
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - t0)
+            phase("timed")
+            mem, mem_kind = peak_memory(device)
+            prof_out = dict.fromkeys(("aten_ops_per_step", "kernel_launches_per_step", "kernel_launches_definition"))
+            if args.profile_steps:
+                if not cuda:  # a CUDA build profiling on a machine without a GPU logs a spurious kineto ERROR line
+                    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                with torch.profiler.profile(activities=acts) as prof:
+                    for _ in range(args.profile_steps):
+                        step()
+                    sync(device)
+                prof_out = profile_summary(prof, args.profile_steps, cuda)
+            phase("profile")
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as fc:
+                step()
+            measured = fc.get_total_flops() / batch
+            phase("flop_count")
+        finally:
+            trainer.after_train()
+    st = stats(times)
+    pairs_per_s = batch / st["median"]
+    if args.flops_per_pair:
+        used, used_src = args.flops_per_pair, "--flops-per-pair"
+    elif is_base_recipe(cfg):
+        used, used_src = BASE_RECIPE_FLOP_PER_PAIR, "official ALBEF count for the base recipe at 256 px"
+    else:
+        used, used_src = measured, "measured (FlopCounterMode, one training step incl. teacher forward)"
+    peak, peak_src = None, None
+    if args.peak_tflops:
+        peak, peak_src = args.peak_tflops * 1e12, "--peak-tflops"
+    elif cuda:
+        name = torch.cuda.get_device_name(device)
+        hit = next(((k, v) for k, v in PEAK_TFLOPS if k in name), None)
+        if hit:
+            peak, peak_src = hit[1] * 1e12, f"table: {hit[0]} bf16 dense {hit[1]:g} TFLOP/s"
+    period = cfg.train.checkpoint_period
+    ckpt_steps = sum(1 for i in range(args.warmup, args.warmup + args.steps) if period and (i + 1) % period == 0)
+    notes = []
+    if ckpt_steps:
+        notes.append(f"{ckpt_steps} of the timed steps saved a checkpoint (train.checkpoint_period={period}), as training would")
+    if peak and cuda and not runner.amp and not args.peak_tflops:
+        notes.append("bf16 autocast is off: the bf16 peak used for the MFU is not what fp32 can reach")
+    return {
+        "batch": batch, "steps": args.steps, "warmup": args.warmup, "step_time_s": st, "pairs_per_s": pairs_per_s,
+        "peak_memory_bytes": mem, "peak_memory_kind": mem_kind, "amp": runner.amp,
+        **prof_out,
+        "measured_flop_per_pair": measured, "flop_per_pair_used": used, "flop_per_pair_source": used_src,
+        "peak_flops": peak, "peak_flops_source": peak_src, "mfu": used * pairs_per_s / peak if peak else None,
+        "hooks": [type(h).__name__ for h in trainer._hooks], "checkpoint_saves_in_timed_steps": ckpt_steps,
+        "phase_wall_s": phases, "notes": notes,
+        "trainable_params": sum(p.numel() for p in runner.model.parameters() if p.requires_grad),
+        "vocab_size": len(runner.tokenizer), "tokenizer": tok_src, "bench_overrides": ours,
+    }
+
+
+def bench_eval(args, tmp: str) -> dict:
+    from albef.config import load_config
+
+    cfg0 = load_config(args.config_file, args.opts)
+    if cfg0.eval.get("retrieval") is None:
+        raise SystemExit("error: --what eval needs eval.retrieval (a RetrievalEvaluator) in the config")
+    drop = [f"eval.{k}=null" for k in cfg0.eval if k != "retrieval"]  # only the retrieval evaluator gets our data
+    cfg, tok_src, ours = resolve_config(args, tmp, drop, need_vocab=True)
+    n_img = args.num_images or 100
+    n_txt = args.num_texts or 5 * n_img
+    res = int(cfg.model.vision_encoder.img_size)
+    runner = bench_trainer(SyntheticRetrievalSet(n_img, n_txt, res))(cfg, eval_only=True)  # the evaluator comes from build_evaluators/build_evaluator
+    ev, device = runner.evaluators["retrieval"], runner.device
+    model = runner.model
+    if args.warmup:  # a few images first: allocator, kernels, worker start-up paths
+        small = runner.build_evaluator(cfg, "retrieval", SyntheticRetrievalSet(min(4, n_img), min(8, n_txt), res, 1), runner.tokenizer, device, runner.amp)
+        small.evaluate(model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        ev.evaluate(model)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    mem, mem_kind = peak_memory(device)
+    st = stats(times)
+    k = ev.k_test
+    pairs = (n_img * min(k, n_txt) + n_txt * min(k, n_img)) if ev.rerank else 0
+    notes = ["pairs_per_s: (text, image) pairs re-ranked by ITM per second of the whole evaluation",
+             "coco5k_seconds_extrapolated assumes wall time linear in the number of images (5 texts each, k_test fixed)"]
+    if k > n_img or k > n_txt:
+        notes.append(f"k_test={k} exceeds the candidates here ({n_img} images, {n_txt} texts): fewer pairs per query "
+                     "are re-ranked than on COCO, so the extrapolation underestimates")
+    return {
+        "batch": ev.batch_size, "steps": args.repeats, "warmup": int(bool(args.warmup)), "step_time_s": st,
+        "pairs_per_s": pairs / st["median"] if pairs else None, "peak_memory_bytes": mem, "peak_memory_kind": mem_kind,
+        "amp": runner.amp, "notes": notes,
+        "eval": {"num_images": n_img, "num_texts": n_txt, "k_test": k, "itm_batch_size": ev.itm_batch_size,
+                 "max_tokens": ev.max_tokens, "rerank": ev.rerank, "wall_s": st["median"], "images_per_s": n_img / st["median"],
+                 "pairs_reranked": pairs, "pairs_reranked_per_s": pairs / st["median"],
+                 "coco5k_seconds_extrapolated": st["median"] * 5000 / n_img},
+        "vocab_size": len(runner.tokenizer), "tokenizer": tok_src, "bench_overrides": ours,
+    }
+
+
+def write_jpegs(folder: str, n: int, seed: int = 0) -> str:
+    """``n`` 640x480 JPEGs of smooth random content (COCO-like size and file size) and a pretrain JSON."""
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng, prng = np.random.default_rng(seed), random.Random(seed)
+    anns = []
+    for i in range(n):
+        low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
+        arr = np.clip(np.asarray(low, dtype=np.int16) + rng.integers(-12, 13, (480, 640, 3)), 0, 255).astype(np.uint8)
+        path = os.path.join(folder, f"{i:06d}.jpg")
+        Image.fromarray(arr).save(path, quality=90)
+        anns.append({"image": path, "caption": caption(prng)})
+    ann = os.path.join(folder, "pretrain.json")
+    with open(ann, "w") as f:
+        json.dump(anns, f)
+    return ann
+
+
+def bench_data(args, tmp: str) -> dict:
+    from omegaconf import OmegaConf
+
+    from albef.data import build as data_build
+    from albef.data.tokenization import build_tokenizer
+
+    n = args.num_images or 256
+    ann = write_jpegs(os.path.join(tmp, "images"), n)
+    extra = [f"data.train={{name: PretrainJSON, ann_files: [{ann}], image_root: ''}}"]
+    cfg, tok_src, ours = resolve_config(args, tmp, extra, need_vocab=False)  # the model is not built: no data generation
+    tokenizer = build_tokenizer(cfg.data.tokenizer)
+    dataset = data_build.build_dataset(cfg, "train")
+    batch = int(cfg.train.batch_size)
+    per_workers = {}
+    for w in args.workers:
+        cfg.data.num_workers = w
+        it = iter(data_build.build_train_loader(cfg, dataset, tokenizer))
+        next(it)  # worker start-up and first batch: not the steady state
+        times = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            next(it)
+            times.append(time.perf_counter() - t0)
+        del it  # shuts the workers down before the next count starts its own
+        pps = batch * len(times) / sum(times)
+        per_workers[str(w)] = {"pairs_per_s": pps, "pairs_per_s_per_worker": pps / max(w, 1), "batch_time_s": stats(times)}
+    best = max(per_workers, key=lambda w: per_workers[w]["pairs_per_s"])
+    ref = str(max(args.workers))  # the largest count tried: scaling is sublinear, so the conservative rate
+    needed = None
+    if args.target_pairs_per_s:
+        needed = math.ceil(args.target_pairs_per_s / per_workers[ref]["pairs_per_s_per_worker"])
+    mem, mem_kind = peak_memory(torch.device("cpu"))
+    return {
+        "batch": batch, "steps": args.steps, "warmup": 1, "step_time_s": per_workers[best]["batch_time_s"],
+        "pairs_per_s": per_workers[best]["pairs_per_s"], "peak_memory_bytes": mem, "peak_memory_kind": mem_kind,
+        "notes": [f"pairs_per_s and step_time_s: the best worker count ({best})"],
+        "data": {"num_images": n, "image_size": [480, 640], "resolution": int(cfg.data.transforms.image_res),
+                 "transforms": OmegaConf.to_container(cfg.data.transforms, resolve=True), "workers": per_workers,
+                 "best_workers": int(best), "target_pairs_per_s": args.target_pairs_per_s,
+                 "workers_needed_per_gpu": needed, "workers_needed_from": f"per-worker rate at {ref} worker(s)"},
+        "tokenizer": tok_src, "bench_overrides": ours,
+    }
+
+
+# ---------------------------------------------------------------------------- command line
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="KEY=VALUE config overrides go last (after `--` when the last flag takes a list).")
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--what", choices=("train", "eval", "data"), default="train")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, help="per-step batch (default: train.batch_size)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps (data: batches)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (eval: >0 runs a 4-image evaluation first)")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps under torch.profiler (0: none)")
+    p.add_argument("--flops-per-pair", type=float, help="FLOP per pair for the MFU (default: see the docstring)")
+    p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for the MFU (default: table by CUDA device name)")
+    p.add_argument("--num-images", type=int, help="eval: synthetic images (100); data: JPEGs written (256)")
+    p.add_argument("--num-texts", type=int, help="eval: synthetic texts (5 per image)")
+    p.add_argument("--repeats", type=int, default=1, help="eval: timed evaluations")
+    p.add_argument("--workers", type=int, nargs="+", default=[0], help="data: DataLoader worker counts to try")
+    p.add_argument("--target-pairs-per-s", type=float, help="data: pairs/s one GPU consumes, for workers_needed_per_gpu")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--out", metavar="FILE.json", help="default: output/benchmark/<what>.json")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE")
+    a = p.parse_args(argv)
+    a.opts = [o for o in a.opts if o != "--"]
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine (torch %s)" % torch.__version__)
+    for name in ("batch", "steps", "num_images", "num_texts", "repeats", "threads", "warmup", "profile_steps"):
+        v, least = getattr(a, name), 0 if name in ("warmup", "profile_steps") else 1
+        if v is not None and v < least:
+            p.error(f"--{name.replace('_', '-')} must be >= {least}, got {v}")
+    if min(a.workers) < 0:
+        p.error("--workers counts must be >= 0")
+    bad = [o for o in a.opts if "=" not in o]
+    if bad:
+        p.error(f"unrecognized arguments (config overrides are KEY=VALUE): {' '.join(bad)}")
+    if not os.path.isfile(a.config_file):
+        p.error(f"--config-file {a.config_file}: no such file")
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from albef.utils.errors import USER_ERRORS, report_user_error
+
+    out = args.out or os.path.join("output", "benchmark", f"{args.what}.json")
+    with tempfile.TemporaryDirectory(prefix="albef-bench-") as tmp:
+        try:
+            res = {"train": bench_train, "eval": bench_eval, "data": bench_data}[args.what](args, tmp)
+        except USER_ERRORS as e:
+            report_user_error(e)
+            return 2
+    dev = torch.device(args.device)
+    res = {
+        "what": args.what, "config_file": args.config_file, "overrides": list(args.opts), "device": args.device,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else (os.uname().machine + f", {os.cpu_count()} CPUs"),
+        "torch_version": torch.__version__, "num_threads": torch.get_num_threads(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **dict.fromkeys(COMMON_KEYS), **res,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    print_summary(args, res, out)
+    return 0
+
+
+def print_summary(args, res: dict, out: str) -> None:
+    st = res["step_time_s"]
+    print(f"{args.what} | {args.config_file} | {res['device_name']} | torch {res['torch_version']} | batch {res['batch']} | amp {res['amp']}")
+    if args.what == "train":
+        mfu = f"{100 * res['mfu']:.1f}%" if res["mfu"] is not None else "n/a (no peak FLOP/s)"
+        print(f"step {st['median'] * 1e3:.1f} ms median [{st['min'] * 1e3:.1f}, {st['max'] * 1e3:.1f}] over {res['steps']} steps: "
+              f"{res['pairs_per_s']:.1f} pairs/s")
+        print(f"aten ops/step {res['aten_ops_per_step']}, kernel launches/step {res['kernel_launches_per_step']} "
+              f"({res['kernel_launches_definition']})")
+        print(f"FLOP/pair measured {res['measured_flop_per_pair']:.3e}, used {res['flop_per_pair_used']:.3e} "
+              f"({res['flop_per_pair_source']}); MFU {mfu}")
+    elif args.what == "eval":
+        e = res["eval"]
+        print(f"{e['num_images']} images, {e['num_texts']} texts, k_test {e['k_test']}: {e['wall_s']:.2f} s, "
+              f"{e['images_per_s']:.1f} images/s, {e['pairs_reranked_per_s']:.1f} re-ranked pairs/s; "
+              f"COCO-5k ~{e['coco5k_seconds_extrapolated']:.0f} s (linear in images)")
+    else:
+        d = res["data"]
+        for w, r in d["workers"].items():
+            print(f"workers {w}: {r['pairs_per_s']:.1f} pairs/s ({r['pairs_per_s_per_worker']:.1f} per worker)")
+        if d["workers_needed_per_gpu"] is not None:
+            print(f"workers needed per GPU for {d['target_pairs_per_s']:g} pairs/s: {d['workers_needed_per_gpu']} ({d['workers_needed_from']})")
+    for n in res["notes"] or []:
+        print("note:", n)
+    print(f"peak memory {res['peak_memory_bytes'] / 2**20:.0f} MiB ({res['peak_memory_kind']}); JSON: {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
