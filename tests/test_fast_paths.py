@@ -23,6 +23,7 @@ def _batch(tokenizer, b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     ids = enc["input_ids"]
     positions = torch.zeros_like(ids, dtype=torch.bool)
     positions[:, 2] = positions[:, 4] = True
+    positions[: seed % b, 5] = True  # a different number of masked positions per batch
     return {
         "image": torch.randn(b, 3, 32, 32, generator=g), "input_ids": ids, "attention_mask": enc["attention_mask"],
         "image_id": torch.arange(b) + 10 * seed,
@@ -76,9 +77,27 @@ def _assert_same(a, b, atol=1e-5):
 def test_fast_path_matches_plain_path(tiny_cfg, tokenizer, overrides):
     ref, other = _pair(tiny_cfg, tokenizer, *overrides)
     batch = _batch(tokenizer)
+    # the switch took effect (a comparison of two identical paths would prove nothing)
+    rows, layer_calls = {}, []
+    for name, m in (("ref", ref), ("other", other)):
+        m.heads["mlm"].register_forward_hook(lambda mod, inp, out, name=name: rows.__setitem__(name, inp[0].shape[0]))
+    other.fusion.layer[0].register_forward_pre_hook(lambda *a: layer_calls.append(1))  # pre: recompute may stop early
     a, b = _losses_and_grads(ref, batch), _losses_and_grads(other, batch)
     assert {"loss_itc", "loss_itm", "loss_mlm"} <= set(a[0])
     _assert_same(a, b)
+    key = overrides[0]
+    if "cache_visual_kv" in key:
+        assert ref.fusion.cache_visual_kv and not other.fusion.cache_visual_kv
+    elif "mlm.logits" in key:  # the head saw the masked positions only, or every position
+        assert rows["ref"] == int(batch["mlm_positions"].sum()) and rows["other"] == batch["input_ids"].numel()
+    elif "attn_implementation" in key:
+        assert all(not m.fused_attn for m in other.vision_encoder.modules() if hasattr(m, "fused_attn"))
+        assert other.text_encoder.config._attn_implementation == "eager"
+        assert all(m.impl == "explicit" for m in other.fusion.modules() if hasattr(m, "keep_attention"))
+    else:  # checkpointed: each fusion layer ran again in the backward pass
+        assert other.vision_encoder.vit.grad_checkpointing and other.fusion.grad_checkpointing
+        assert any(getattr(m, "gradient_checkpointing", False) for m in other.text_encoder.modules())
+        assert len(layer_calls) == 2 * 2  # ITM+MLM fusion passes of the student, each run twice
 
 
 def test_padded_text_rows_change_nothing_under_eager_text_attention(tiny_cfg, tokenizer):
@@ -130,7 +149,8 @@ def test_cached_kv_of_another_module_is_ignored(tiny_cfg, tokenizer):
         tokens = model.encode_image(b["image"])[0]
         text = model.encode_text(b["input_ids"], b["attention_mask"])[0]
         student_visual = model.prepare_visual(tokens)
-        assert student_visual.kv is not None and student_visual.kv.owner is model.fusion
+        assert student_visual.kv is not None
+        assert student_visual.kv.owner == tuple(layer.crossattention.self for layer in model.fusion.layer)
         with_student_kv = model.fuse(text, b["attention_mask"], student_visual, teacher=True)
         plain = model.fuse(text, b["attention_mask"], VisualInput.of(tokens), teacher=True)
         own = model.fuse(text, b["attention_mask"], model.prepare_visual(tokens, teacher=True), teacher=True)

@@ -201,6 +201,14 @@ def _count_itm_calls(model):
     return calls
 
 
+def _unique_pairs(sims: torch.Tensor, k: int) -> int:
+    """How many distinct (image, text) pairs the two directions' top-k lists hold."""
+    n_i, n_t = sims.shape
+    pairs = {(i, t) for i in range(n_i) for t in sims[i].topk(min(k, n_t)).indices.tolist()}
+    pairs |= {(i, t) for t in range(n_t) for i in sims[:, t].topk(min(k, n_i)).indices.tolist()}
+    return len(pairs)
+
+
 def test_evaluate_retrieval_tiny_model(tiny_setup, tokenizer):
     cfg, model, ds, loader = tiny_setup()
     model.train()
@@ -217,12 +225,10 @@ def test_evaluate_retrieval_tiny_model(tiny_setup, tokenizer):
     # directions' top-k lists is fused once
     n_i, n_t, k = len(ds), len(ds.text), min(cfg.eval.retrieval.k_test, len(ds.text))
     _, _, tf, _, imf = _encode_eval_set(cfg, model, ds, tokenizer)
-    sims = imf @ tf.t()
-    pairs = {(i, t) for i in range(n_i) for t in sims[i].topk(min(k, n_t)).indices.tolist()}
-    pairs |= {(i, t) for t in range(n_t) for i in sims[:, t].topk(min(k, n_i)).indices.tolist()}
-    assert len(pairs) < n_i * min(k, n_t) + n_t * min(k, n_i)  # the two directions share pairs
+    unique = _unique_pairs(imf @ tf.t(), k)
+    assert unique < n_i * min(k, n_t) + n_t * min(k, n_i)  # the two directions share pairs
     assert 1 <= len(calls) <= 4
-    assert sum(calls) == len(pairs)
+    assert sum(calls) == unique
     table = format_results_table(res)
     for name, m in res.items():
         assert name in table
@@ -235,8 +241,9 @@ def test_evaluate_retrieval_pair_batch_splits(tiny_setup, tokenizer):
     calls = _count_itm_calls(model)
     k = cfg.eval.retrieval.k_test
     res_small = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=7)
-    total = sum(calls)  # the unique pairs of both directions
-    assert total <= len(ds) * k + len(ds.text) * k and max(calls) <= 7
+    total = sum(calls)
+    _, _, tf, _, imf = _encode_eval_set(cfg, model, ds, tokenizer)
+    assert total == _unique_pairs(imf @ tf.t(), k) and max(calls) <= 7
     assert len(calls) == -(-total // 7)
     calls.clear()
     res_big = evaluate_retrieval(model, ds, loader, tokenizer, k_test=k, max_tokens=cfg.eval.retrieval.max_tokens, pair_batch=10_000)
@@ -279,6 +286,7 @@ def test_rerank_both_directions_at_once_equals_each_direction(tiny_setup, tokeni
             ref_t2i = _rerank(model, sims.t().contiguous(), k, False, temb, mask, iemb, 10_000, nullcontext(), add_itc)
             assert torch.allclose(i2t, ref_i2t, atol=1e-5) and torch.allclose(t2i, ref_t2i, atol=1e-5)
             assert (i2t == -100).sum() == sims.numel() - len(ds) * min(k, len(ds.text))
+            assert (t2i == -100).sum() == sims.numel() - len(ds.text) * min(k, len(ds))
 
 
 def test_evaluate_retrieval_without_itm(tiny_setup, tokenizer):

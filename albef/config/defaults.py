@@ -77,7 +77,7 @@ _DEFAULTS: dict[str, Any] = {
         # when the step is compiled, else longest)
         "padding": "auto",
         # training DataLoader settings (workers: data.num_workers); pin_memory auto = on CUDA
-        "loader": {"prefetch_factor": 4, "pin_memory": "auto", "persistent_workers": True},
+        "loader": {"prefetch_factor": 4, "pin_memory": None, "persistent_workers": True},  # pin_memory null: auto
         "strict": False,  # true: a bad image or caption stops the run; false: skipped, counted, logged
         "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)
         # turns a list of samples into a batch, tokenising the dataset's text field
@@ -118,8 +118,9 @@ _DEFAULTS: dict[str, Any] = {
         "alpha_warmup_iters": None,  # alpha ramps 0 -> alpha over this many iterations; null = one epoch
         "amp": "auto",  # auto: bf16 autocast on CUDA, off on CPU; or bf16 / off
         # torch.compile the whole training forward + backward (one region; the EMA, queue and
-        # clamps stay outside, in model.after_step): auto = on for CUDA, off on the CPU; on / off
-        "compile": "auto",
+        # clamps stay outside, in model.after_step): null (auto) = on for single-process CUDA
+        # runs, off on the CPU (measured: no gain there) and under DDP (untested); true / false
+        "compile": None,
         "compile_mode": None,  # torch.compile mode: null (default), reduce-overhead (CUDA graphs), max-autotune
         "compile_backend": "inductor",
         "checkpoint_period": 5000,

@@ -1,6 +1,6 @@
 """Run-time choices that depend on the machine as well as the config (``auto`` values).
 
-One place decides them, so the data loader and the trainer never disagree: whether the
+The data loader and the trainer both ask here, so they never disagree: whether the
 step runs on CUDA, whether it is compiled, and whether training batches are padded to
 one fixed length (a compiled step needs one shape).
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
+
+from albef.utils import comm
 
 
 def train_device_type(cfg: DictConfig) -> str:
@@ -18,16 +20,25 @@ def train_device_type(cfg: DictConfig) -> str:
     return torch.device(d).type
 
 
+def _switch(value, key: str) -> bool | None:
+    """true/false (or on/off), None for null/auto; anything else names the key."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ValueError(f"{key} must be true, false or null (auto), got {value!r}")
+
+
 def compile_enabled(cfg: DictConfig) -> bool:
-    """``train.compile``: on, off, or auto (on where the step is host-bound: CUDA)."""
-    c = cfg.train.compile
-    if c in ("auto", None):
-        return train_device_type(cfg) == "cuda"
-    if c in ("on", True):
-        return True
-    if c in ("off", False):
-        return False
-    raise ValueError(f"train.compile must be auto, on or off, got {c!r}")
+    """``train.compile``: true, false, or null/auto: on where the step is host-bound and
+    the compiled region was checked (one CUDA process); off on the CPU, where it measured
+    no faster, and under DDP, whose compiled form this project has not measured."""
+    c = _switch(cfg.train.compile, "train.compile")
+    if c is None:
+        return train_device_type(cfg) == "cuda" and comm.get_world_size() == 1
+    return c
 
 
 def pad_to_max(cfg: DictConfig) -> bool:
@@ -41,10 +52,6 @@ def pad_to_max(cfg: DictConfig) -> bool:
 
 
 def pin_memory(cfg: DictConfig) -> bool:
-    """``data.loader.pin_memory``: true, false, or auto (on when training on CUDA)."""
-    p = cfg.data.loader.pin_memory
-    if p == "auto":
-        return train_device_type(cfg) == "cuda"
-    if isinstance(p, bool):
-        return p
-    raise ValueError(f"data.loader.pin_memory must be auto, true or false, got {p!r}")
+    """``data.loader.pin_memory``: true, false, or null/auto (on when training on CUDA)."""
+    p = _switch(cfg.data.loader.pin_memory, "data.loader.pin_memory")
+    return train_device_type(cfg) == "cuda" if p is None else p

@@ -123,13 +123,15 @@ def _rerank_both(model, sims: torch.Tensor, k: int, text_embeds, text_mask, imag
     The same values as :func:`_rerank` per direction, with less work: a pair that is in
     both top-k lists (most of them: a text's best images rank it highly too) goes
     through the fusion encoder once, and each image's keys/values are computed once per
-    chunk of its pairs (:func:`pair_itm_logits`). The unique pairs are split across ranks.
+    chunk of its pairs (:func:`pair_itm_logits`). The unique pairs are split across ranks;
+    every rank uses rank 0's top-k lists, so the ranks agree on the pairs even where their
+    similarities differ in the last bit (ties, non-deterministic kernels).
     """
     n_i, n_t = sims.shape
     k_i, k_t = min(k, n_t), min(k, n_i)
     dev = sims.device
-    top_i2t = sims.topk(k_i, dim=1).indices  # [N_i, k]: texts of each image
-    top_t2i = sims.t().topk(k_t, dim=1).indices  # [N_t, k]: images of each text
+    top_i2t = comm.broadcast(sims.topk(k_i, dim=1).indices.contiguous())  # [N_i, k]: texts of each image
+    top_t2i = comm.broadcast(sims.t().topk(k_t, dim=1).indices.contiguous())  # [N_t, k]: images of each text
     key_i2t = torch.arange(n_i, device=dev).repeat_interleave(k_i) * n_t + top_i2t.reshape(-1)
     key_t2i = top_t2i.reshape(-1) * n_t + torch.arange(n_t, device=dev).repeat_interleave(k_t)
     keys = torch.cat([key_i2t, key_t2i])  # pair (i, t) as i * N_t + t

@@ -57,7 +57,7 @@ class EncodeFns:
     encode_text(ids [B, L], mask [B, L]) -> (hidden [B, L, H], feature [B, E] or None)
     encode_visual(images [B, 3, H, W] or [B, K, 3, H, W]) -> VisualInput (K token sets)
     fuse(text [B, L, H], mask [B, L], visual: VisualInput) -> [B, L, H]
-    prepare_visual(visual: VisualInput) -> VisualInput with the fusion's cross-attention
+    prepare_visual(visual: VisualInput, teacher=False) -> VisualInput with the fusion's cross-attention
         keys/values attached (computed once per image; optional: None = leave as is)
     head(key) -> the head ``model.heads.<key>`` (raises if the model has none); with
         ``teacher=True`` its EMA copy, or None when the teacher keeps none.

@@ -46,6 +46,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``t`` as rank ``src`` has it, on every rank (in place)."""
+    if get_world_size() > 1:
+        dist.broadcast(t, src=src)
+    return t
+
+
 def all_gather_object(obj):
     ws = get_world_size()
     if ws == 1:

@@ -263,16 +263,24 @@ class CrossAttentionFusion(nn.Module):
                 f"the fusion encoder was built for {self.num_visual_inputs} visual input(s) per text "
                 f"(model.fusion.num_visual_inputs) but received {k}"
             )
-        kv = visual.kv if visual.kv is not None and visual.kv.owner is self else None
+        kv = visual.kv if visual.kv is not None and self._owns(visual.kv) else None
         x = text_embeds
         for i, layer in enumerate(self.layer):
-            layer_kv = None if kv is None else (kv.keys[i], kv.values[i])
-            args = (x, text_mask, visual.tokens[i % k], visual.masks[i % k], layer_kv)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, *args, use_reentrant=False)
+                x = checkpoint(self._layer, i, x, text_mask, visual, kv, use_reentrant=False)
             else:
-                x = layer(*args)
+                x = self._layer(i, x, text_mask, visual, kv)
         return x
+
+    def _layer(self, i: int, x: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput, kv: CrossKV | None) -> torch.Tensor:
+        k = visual.num_sets
+        return self.layer[i](x, text_mask, visual.tokens[i % k], visual.masks[i % k], None if kv is None else kv.layer(i))
+
+    def _owners(self) -> tuple:
+        return tuple(layer.crossattention.self for layer in self.layer)
+
+    def _owns(self, kv: CrossKV) -> bool:
+        return len(kv.owner) == len(self.layer) and all(a is b for a, b in zip(kv.owner, self._owners()))
 
     def project_visual(self, visual: VisualInput | torch.Tensor) -> VisualInput:
         """``visual`` with every layer's cross-attention keys and values attached
@@ -283,7 +291,7 @@ class CrossAttentionFusion(nn.Module):
             return visual
         k = visual.num_sets
         kvs = [layer.crossattention.self.project_kv(visual.tokens[i % k]) for i, layer in enumerate(self.layer)]
-        return VisualInput(visual.tokens, visual.masks, CrossKV(self, tuple(a for a, _ in kvs), tuple(b for _, b in kvs)))
+        return VisualInput(visual.tokens, visual.masks, CrossKV(self._owners(), tuple(a for a, _ in kvs), tuple(b for _, b in kvs)))
 
     def weight_map(self, available: Collection[str]) -> dict[str, str]:
         """How to fill this fusion from a checkpoint with another number of layers.

@@ -13,17 +13,42 @@ class CrossKV:
     inputs, computed once (``CrossAttentionFusion.project_visual``) and reused by every
     pair an image takes part in: ITM's positives and mined negatives, MLM, re-ranking.
 
-    ``keys[i]``, ``values[i]``: [B, heads, N, d] for fusion layer i. ``owner``: the fusion
-    module whose weights made them; another module (the teacher's copy) ignores them and
-    projects the tokens itself.
+    ``keys[i]``, ``values[i]``: [B0, heads, N, d] for fusion layer i, one row per distinct
+    image; ``rows`` [B] (or None: row b is image b): which of them each pair uses. Indexing
+    and concatenating only move ``rows``; a fusion layer gathers its own keys/values when it
+    runs (one layer at a time, inside activation checkpointing when that is on).
+    ``owner``: the attention modules (one per layer) whose weights made them; other
+    modules (the teacher's copies) ignore them and project the tokens themselves.
     """
 
-    owner: object
+    owner: tuple
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
+    rows: torch.Tensor | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.keys[0].shape[0] if self.rows is None else self.rows.shape[0]
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) [B, heads, N, d] of layer i, one row per pair."""
+        k, v = self.keys[i], self.values[i]
+        if self.rows is None:
+            return k, v
+        return k.index_select(0, self.rows), v.index_select(0, self.rows)
 
     def index(self, idx: torch.Tensor) -> "CrossKV":
-        return CrossKV(self.owner, tuple(k[idx] for k in self.keys), tuple(v[idx] for v in self.values))
+        rows = idx if self.rows is None else self.rows[idx]
+        return CrossKV(self.owner, self.keys, self.values, rows)
+
+    @staticmethod
+    def cat(parts: Sequence["CrossKV | None"]) -> "CrossKV | None":
+        """Concatenated rows when every part indexes the same projections, else None."""
+        first = parts[0]
+        if any(p is None or p.keys is not first.keys or p.values is not first.values for p in parts):
+            return None
+        rows = [p.rows if p.rows is not None else torch.arange(p.keys[0].shape[0], device=p.keys[0].device) for p in parts]
+        return CrossKV(first.owner, first.keys, first.values, torch.cat(rows))
 
 
 @dataclass(frozen=True)
@@ -87,9 +112,4 @@ class VisualInput:
             else:
                 masks.append(torch.cat([m if m is not None else torch.ones(p.tokens[k].shape[:2], dtype=torch.long, device=p.tokens[k].device)
                                         for m, p in zip(ms, parts)]))
-        kvs = [p.kv for p in parts]
-        kv = None
-        if all(x is not None and x.owner is kvs[0].owner for x in kvs):  # otherwise projected again
-            kv = CrossKV(kvs[0].owner, tuple(torch.cat(ks) for ks in zip(*(x.keys for x in kvs))),
-                         tuple(torch.cat(vs) for vs in zip(*(x.values for x in kvs))))
-        return VisualInput(tokens, tuple(masks), kv)
+        return VisualInput(tokens, tuple(masks), CrossKV.cat([p.kv for p in parts]))  # None: projected again

@@ -62,8 +62,8 @@ class MLMLoss(Objective):
             runs only at the chosen positions, ~15% of them; ``all``: at every position, as
             the official code, then the unchosen ones are ignored. The loss is the same (to
             float rounding); ``masked`` skips ~85% of the vocabulary projection. Its
-            number of positions varies per batch (a data-dependent shape: a compiled step
-            splits its graph there).
+            number of positions varies per batch (a data-dependent shape, which the
+            compiled step traces as a symbolic size: no graph break, no recompile).
         mask_prob: probability of choosing a token (15%).
         replace_prob, random_prob: the 80/10/10 split.
         head: key of the MLM head in ``model.heads``.

@@ -106,7 +106,8 @@ class Teacher(nn.Module):
 
     @property
     def distills(self) -> bool:
-        """Whether objectives compute distillation targets at all (static for a run)."""
+        """Whether objectives compute distillation targets at all: the configured alpha > 0
+        (or a current alpha set above 0 by hand, as the parity tests do); static for a run."""
         return self.alpha > 0 or self._alpha_value > 0
 
     def set_alpha_scale(self, scale: float) -> None:
