@@ -59,7 +59,7 @@ def test_eval_retrieval(tmp_path):
     res = bench_json(tmp_path, "--what", "eval", "--num-images", "4", "--num-texts", "8", "eval.retrieval.k_test=3")
     e = res["eval"]
     assert (e["num_images"], e["num_texts"], e["k_test"]) == (4, 8, 3)
-    assert e["pairs_reranked"] == 4 * 3 + 8 * 3  # image->text and text->image top-3
+    assert e["pairs_reranked"] == 4 * 3 + 8 * 3  # image->text and text->image top-3 scores
     assert e["wall_s"] > 0 and e["images_per_s"] > 0 and res["pairs_per_s"] > 0
     assert e["coco5k_seconds_extrapolated"] == pytest.approx(e["wall_s"] * 5000 / 4)
     assert res["overrides"] == ["eval.retrieval.k_test=3"]
@@ -73,6 +73,20 @@ def test_data_loader(tmp_path):
     rate = d["workers"]["0"]["pairs_per_s_per_worker"]
     assert rate > 0 and res["pairs_per_s"] == pytest.approx(rate)
     assert d["workers_needed_per_gpu"] == math.ceil(1000 / rate)
+
+
+def test_compare_interleaves_variants(tmp_path):
+    res = bench_json(tmp_path, "--what", "compare", "--batch", "4", "--steps", "6", "--warmup", "1",
+                     "--variant", "model.objectives.mlm.logits=all", "--variant", "")
+    rows = res["compare"]
+    assert [r["variant"] for r in rows] == ["model.objectives.mlm.logits=all", "(no extra overrides)"]
+    assert rows[0]["speedup_vs_first"] == 1.0
+    for r in rows:
+        s = r["step_time_s"]
+        assert 0 < s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
+        assert r["speedup_vs_first"] == pytest.approx(rows[0]["step_time_s"]["median"] / s["median"])
+    r = run_bench(["--config-file", TINY, "--what", "compare", "--variant", ""])
+    assert r.returncode == 2 and "at least two --variant" in r.stderr
 
 
 def test_bad_arguments_are_named(tmp_path):

@@ -13,6 +13,9 @@ Examples::
     python tools/benchmark.py --config-file configs/pretrain/synthetic.yaml --device cpu --batch 32 --steps 10
     # retrieval evaluation (ITC + ITM re-ranking of the top k_test) on 200 synthetic images, 1,000 texts
     python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --what eval --num-images 200 eval.retrieval.k_test=128
+    # two variants of the step, interleaved in one process (speedup of the second over the first)
+    python tools/benchmark.py --config-file configs/pretrain/synthetic.yaml --what compare --steps 40 \
+        --variant "model.fusion.cache_visual_kv=false model.objectives.mlm.logits=all" --variant ""
     # the training DataLoader at the config's resolution and augmentations, 0, 2 and 4 workers
     python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --what data --batch 64 --steps 10 --workers 0 2 4 --target-pairs-per-s 1500
 
@@ -466,12 +469,68 @@ def bench_data(args, tmp: str) -> dict:
     }
 
 
+def bench_compare(args, tmp: str) -> dict:
+    """Training-step time of config variants, interleaved in one process: each ``--variant``
+    (a space-separated list of KEY=VALUE on top of the command's overrides) gets its own
+    trainer; after ``--warmup`` steps each, blocks of 5 steps go round the variants until each
+    has ``--steps`` timed steps, so the machine's drift (+-20% an hour on a shared CPU) hits
+    every variant alike. Ratios are against the first variant."""
+    from albef.utils.events import EventStorage
+
+    runs = []
+    for variant in args.variant:
+        extra = [o for o in variant.split() if o]
+        cfg, tok_src, ours = resolve_config(args, tmp, extra + ["train.max_iter=1000000", "train.checkpoint_period=0"], need_vocab=True)
+        runner = bench_trainer()(cfg)
+        trainer = runner.build_trainer(train_batches(cfg, runner.tokenizer, int(cfg.train.batch_size)))
+        trainer.iter = trainer.start_iter = 0
+        trainer.max_iter = int(cfg.train.max_iter)
+        trainer.storage = EventStorage(0).__enter__()
+        trainer.before_train()
+        runs.append({"variant": extra, "trainer": trainer, "device": runner.device, "times": []})
+
+    def steps(run, n: int, timed: bool) -> None:
+        t = run["trainer"]
+        for _ in range(n):
+            sync(run["device"])
+            t0 = time.perf_counter()
+            t.before_step()
+            t.run_step()
+            t.after_step()
+            sync(run["device"])
+            if timed:
+                run["times"].append(time.perf_counter() - t0)
+            t.iter += 1
+
+    for run in runs:
+        steps(run, args.warmup, timed=False)
+    while any(len(r["times"]) < args.steps for r in runs):
+        for run in runs:
+            steps(run, min(5, args.steps - len(run["times"])), timed=True)
+    base = statistics.median(runs[0]["times"])
+    rows = []
+    for run in runs:
+        ts = sorted(run["times"])
+        med = statistics.median(ts)
+        q1, q3 = ts[len(ts) // 4], ts[(3 * len(ts)) // 4]
+        rows.append({"variant": " ".join(run["variant"]) or "(no extra overrides)", "step_time_s": {**stats(ts), "q1": q1, "q3": q3},
+                     "speedup_vs_first": base / med, "pairs_per_s": int(runs[0]["trainer"].global_batch) / med})
+    mem, mem_kind = peak_memory(runs[0]["device"])
+    return {"batch": int(runs[0]["trainer"].global_batch), "steps": args.steps, "compare": rows,
+            "peak_memory_bytes": mem, "peak_memory_kind": mem_kind,
+            "step_time_s": rows[0]["step_time_s"], "pairs_per_s": rows[0]["pairs_per_s"], "tokenizer": tok_src,
+            "bench_overrides": ours,
+            "notes": ["variants interleaved in blocks of 5 steps in one process; speedup = first variant's median / this one's"]}
+
+
 # ---------------------------------------------------------------------------- command line
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="KEY=VALUE config overrides go last (after `--` when the last flag takes a list).")
     p.add_argument("--config-file", required=True, metavar="FILE")
-    p.add_argument("--what", choices=("train", "eval", "data"), default="train")
+    p.add_argument("--what", choices=("train", "eval", "data", "compare"), default="train")
+    p.add_argument("--variant", action="append", default=[], metavar="'K=V K=V'",
+                   help="compare: one config variant (repeat the flag; the first is the reference; '' = none)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, help="per-step batch (default: train.batch_size)")
     p.add_argument("--steps", type=int, default=20, help="timed steps (data: batches)")
@@ -495,6 +554,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         v, least = getattr(a, name), 0 if name in ("warmup", "profile_steps") else 1
         if v is not None and v < least:
             p.error(f"--{name.replace('_', '-')} must be >= {least}, got {v}")
+    if a.what == "compare" and len(a.variant) < 2:
+        p.error("--what compare needs at least two --variant (use --variant '' for the command's config as is)")
     if min(a.workers) < 0:
         p.error("--workers counts must be >= 0")
     bad = [o for o in a.opts if "=" not in o]
@@ -514,7 +575,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("output", "benchmark", f"{args.what}.json")
     with tempfile.TemporaryDirectory(prefix="albef-bench-") as tmp:
         try:
-            res = {"train": bench_train, "eval": bench_eval, "data": bench_data}[args.what](args, tmp)
+            res = {"train": bench_train, "eval": bench_eval, "data": bench_data, "compare": bench_compare}[args.what](args, tmp)
         except USER_ERRORS as e:
             report_user_error(e)
             return 2
@@ -544,6 +605,10 @@ def print_summary(args, res: dict, out: str) -> None:
               f"({res['kernel_launches_definition']})")
         print(f"FLOP/pair measured {res['measured_flop_per_pair']:.3e}, used {res['flop_per_pair_used']:.3e} "
               f"({res['flop_per_pair_source']}); MFU {mfu}")
+    elif args.what == "compare":
+        for r in res["compare"]:
+            s = r["step_time_s"]
+            print(f"{s['median'] * 1e3:7.1f} ms [IQR {s['q1'] * 1e3:.1f}, {s['q3'] * 1e3:.1f}]  x{r['speedup_vs_first']:.2f}  {r['variant']}")
     elif args.what == "eval":
         e = res["eval"]
         print(f"{e['num_images']} images, {e['num_texts']} texts, k_test {e['k_test']}: {e['wall_s']:.2f} s, "
