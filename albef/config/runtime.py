@@ -43,7 +43,7 @@ def compile_enabled(cfg: DictConfig) -> bool:
 
 def pad_to_max(cfg: DictConfig) -> bool:
     """``data.padding``: max_length (True), longest (False), auto (max_length when compiled)."""
-    p = cfg.data.get("padding", "auto")
+    p = cfg.data.padding
     if p == "auto":
         return compile_enabled(cfg)
     if p in ("max_length", "longest"):

@@ -70,12 +70,11 @@ def setup(args: argparse.Namespace) -> DictConfig:
 
 
 def resolve_device(cfg: DictConfig) -> torch.device:
-    d = cfg.train.device
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d == "cuda" and comm.is_dist():
+    """``train.device`` resolved (:func:`albef.config.runtime.train_device_type`), on this rank's GPU under DDP."""
+    kind = runtime.train_device_type(cfg)
+    if kind == "cuda" and comm.is_dist():
         return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(d)
+    return torch.device(kind if cfg.train.device == "auto" else cfg.train.device)
 
 
 def resolve_amp(cfg: DictConfig, device: torch.device) -> bool:
