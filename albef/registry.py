@@ -16,6 +16,7 @@ TEACHER_REGISTRY      ``model.teacher``             MomentumTeacher, NoTeacher
 DATASET_REGISTRY      ``data.train/val/test``       PretrainJSON, RetrievalEvalJSON, ...
 HEAD_REGISTRY         ``model.heads.<key>``         ITMHead, MLMHead, MLPClassifierHead
 COLLATOR_REGISTRY     ``data.collator``             ImageTextCollator
+TEXT_NEGATIVES_...    ``data.text_negatives``       CompositionalNegatives
 EVALUATOR_REGISTRY    ``eval.<key>``                RetrievalEvaluator, ClassificationEvaluator
 TRAINER_REGISTRY      ``train.trainer``             DefaultTrainer
 ====================  ===========================  ==============================
@@ -43,6 +44,7 @@ TEACHER_REGISTRY = Registry("TEACHER")
 DATASET_REGISTRY = Registry("DATASET")
 HEAD_REGISTRY = Registry("HEAD")
 COLLATOR_REGISTRY = Registry("COLLATOR")
+TEXT_NEGATIVES_REGISTRY = Registry("TEXT_NEGATIVES")
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 TRAINER_REGISTRY = Registry("TRAINER")
 
@@ -57,6 +59,7 @@ ALL_REGISTRIES: dict[str, Registry] = {
     "dataset": DATASET_REGISTRY,
     "head": HEAD_REGISTRY,
     "collator": COLLATOR_REGISTRY,
+    "text_negatives": TEXT_NEGATIVES_REGISTRY,
     "evaluator": EVALUATOR_REGISTRY,
     "trainer": TRAINER_REGISTRY,
 }

@@ -19,6 +19,7 @@ VARIANTS = {
     "random_negatives": (["model.objectives.itm.miner.name=RandomNegativeMiner"], {"loss_itc", "loss_itm", "loss_mlm"}),
     "hardest_negatives": (["model.objectives.itm.miner={name: HardestNegativeMiner}"], {"loss_itc", "loss_itm", "loss_mlm"}),
     "no_distillation": (["model.teacher.alpha=0.0"], {"loss_itc", "loss_itm", "loss_mlm"}),
+    "compositional_negatives": (["data.text_negatives={name: CompositionalNegatives}", "model.objectives.itc.text_negatives=true"], {"loss_itc", "loss_itm", "loss_mlm"}),
     "reweighted_mlm": (["model.objectives.mlm.weight=0.5", "model.objectives.mlm.mask_prob=0.3"], {"loss_itc", "loss_itm", "loss_mlm"}),
 }
 

@@ -82,6 +82,9 @@ _DEFAULTS: dict[str, Any] = {
         "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)
         # turns a list of samples into a batch, tokenising the dataset's text field
         "collator": {"name": "ImageTextCollator"},
+        # extra false captions for the training batches (compositional hard negatives):
+        # null, or {name: CompositionalNegatives, rules, kinds, rate} (albef.data.compositional_negatives)
+        "text_negatives": None,
         "train": {"name": "PretrainJSON", "ann_files": [], "image_root": ""},
         "val": None,  # a validation split for the evaluators (eval.<key>.split: val)
         "test": None,  # e.g. {name: RetrievalEvalJSON, ann_file: ..., image_root: ...}

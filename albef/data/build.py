@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from albef.config import runtime
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
-from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, ComponentError, build_component
+from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component
 from albef.utils import comm
 
 logger = logging.getLogger("albef.data")
@@ -91,15 +91,22 @@ def _base_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def build_collator(cfg: DictConfig, dataset: Dataset, tokenizer: Any, pad_to_max: bool = False):
+def build_text_negatives(cfg: DictConfig):
+    """The ``data.text_negatives`` generator (extra false captions for training batches), or None."""
+    return build_component(TEXT_NEGATIVES_REGISTRY, cfg.data.get("text_negatives"), where="data.text_negatives", seed=cfg.train.seed)
+
+
+def build_collator(cfg: DictConfig, dataset: Dataset, tokenizer: Any, pad_to_max: bool = False, text_negatives: Any = None):
     """``data.collator`` for ``dataset``: it tokenises the dataset's ``text_field``
-    (``pad_to_max``: every batch ``data.max_tokens`` long)."""
+    (``pad_to_max``: every batch ``data.max_tokens`` long) and, given a ``text_negatives``
+    generator (training only), the false captions it makes beside them."""
     base = _base_dataset(dataset)
+    extra = {"text_negatives": text_negatives} if text_negatives is not None else {}
     return build_component(
         COLLATOR_REGISTRY, cfg.data.collator, where="data.collator",
         tokenizer=tokenizer, max_tokens=cfg.data.max_tokens, tokenization=cfg.data.tokenization,
         text_field=getattr(base, "text_field", "caption"), with_image_ids=getattr(base, "has_image_ids", True),
-        pad_to_max=pad_to_max,
+        pad_to_max=pad_to_max, **extra,
     )
 
 
@@ -125,7 +132,7 @@ def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0)
         batch_size=cfg.train.batch_size,
         sampler=build_train_sampler(cfg, dataset, start_iter),
         num_workers=nw,
-        collate_fn=build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg)),
+        collate_fn=build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)),
         pin_memory=runtime.pin_memory(cfg),
         drop_last=True,
         persistent_workers=bool(ld.persistent_workers) and nw > 0,

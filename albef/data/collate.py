@@ -28,13 +28,19 @@ class ImageTextCollator:
         pad_to_max: pad every batch to ``max_tokens`` (one shape for every step: what a
             compiled or graph-captured step needs) instead of to its longest text.
             Builder-supplied from ``data.padding``.
+        text_negatives: a ``data.text_negatives`` generator (builder-supplied, training
+            only): each text gets a false counterpart, tokenised with the texts (same
+            length): ``text_neg_input_ids``, ``text_neg_attention_mask`` [B, L],
+            ``text_neg_valid`` [B] bool and ``text_neg_kind`` [B] long (the generator's
+            kind index; < 0: no negative, the slot holds the text itself).
     """
 
     def __init__(self, tokenizer=None, max_tokens: int = 30, tokenization: str = "ours", text_field: str = "caption", with_image_ids: bool = True,
-                 pad_to_max: bool = False):
+                 pad_to_max: bool = False, text_negatives=None):
         self.tokenizer, self.max_tokens, self.text_field, self.with_image_ids = tokenizer, max_tokens, text_field, with_image_ids
         self.pad_to_max = bool(pad_to_max)
         self.tokenization = check_tokenization_mode(tokenization)
+        self.text_negatives = text_negatives
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {}
@@ -47,7 +53,10 @@ class ImageTextCollator:
             if key == self.text_field:
                 if self.tokenizer is None:
                     raise ValueError(f"ImageTextCollator: samples carry text '{key}' but no tokenizer was given")
-                batch.update(tokenize(self.tokenizer, values, self.max_tokens, pad_to_max=self.pad_to_max, mode=self.tokenization))
+                if self.text_negatives is None:
+                    batch.update(tokenize(self.tokenizer, values, self.max_tokens, pad_to_max=self.pad_to_max, mode=self.tokenization))
+                else:
+                    batch.update(self._with_negatives(values, [s.get("image_id") for s in samples]))
             elif isinstance(values[0], torch.Tensor):
                 batch[key] = torch.stack(values)
             elif isinstance(values[0], numbers.Integral) and not isinstance(values[0], bool):
@@ -58,6 +67,20 @@ class ImageTextCollator:
                 batch[key] = values
         batch["skipped"] = [x for s in samples for x in s.get("skipped", [])]
         return batch
+
+    def _with_negatives(self, texts: list[str], image_ids: list) -> dict[str, torch.Tensor]:
+        ids = image_ids if all(i is not None for i in image_ids) else None
+        negs, kind = self.text_negatives(texts, ids)
+        if len(negs) != len(texts) or len(kind) != len(texts):
+            raise ValueError(f"data.text_negatives returned {len(negs)} texts / {len(kind)} kinds for {len(texts)} captions")
+        enc = tokenize(self.tokenizer, list(texts) + list(negs), self.max_tokens, pad_to_max=self.pad_to_max, mode=self.tokenization)
+        b = len(texts)
+        kind_t = torch.tensor(kind, dtype=torch.long)
+        return {
+            "input_ids": enc["input_ids"][:b], "attention_mask": enc["attention_mask"][:b],
+            "text_neg_input_ids": enc["input_ids"][b:], "text_neg_attention_mask": enc["attention_mask"][b:],
+            "text_neg_valid": kind_t >= 0, "text_neg_kind": kind_t,
+        }
 
 
 class VQACollator(ImageTextCollator):

@@ -13,9 +13,11 @@ logger = logging.getLogger("albef.modeling")
 
 
 def tokenizer_kwargs(tokenizer: Any) -> dict[str, Any]:
-    """Vocabulary size and special ids the text components need."""
+    """Vocabulary size, special ids and the token -> id map the text components need."""
     specials = [tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]
+    get_vocab = getattr(tokenizer, "get_vocab", None)
     return dict(
+        vocab=get_vocab() if callable(get_vocab) else None,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.mask_token_id,

@@ -49,6 +49,21 @@ def distilling(alpha: float | torch.Tensor, flag: bool = True) -> bool:
 
 
 @dataclass
+class TextNegatives:
+    """The batch's extra false texts (``data.text_negatives``), one per text, online encoder.
+
+    hidden: [B, L, H] text-encoder states; mask: [B, L]; feat: [B, E] normalised feature
+    (None without projections); valid: [B] bool, False where a text has no negative (its
+    slot holds a placeholder that objectives must drop).
+    """
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    feat: torch.Tensor | None
+    valid: torch.Tensor
+
+
+@dataclass
 class EncodeFns:
     """The model's functions an objective may call (each takes ``teacher=False``; with
     ``teacher=True`` it runs on the momentum teacher's weights, without gradient).
@@ -157,6 +172,23 @@ class StepContext:
     def fused(self, teacher: bool = False) -> torch.Tensor:
         """[B, L, H]: the batch's texts fused with its own images."""
         return self._cached(("fused", teacher), lambda: self.fuse(self.text(teacher)[0], self.attention_mask, self.visual(teacher), teacher=teacher))
+
+    def text_negatives(self) -> TextNegatives | None:
+        """The batch's false texts (``text_neg_input_ids`` / ``text_neg_attention_mask`` /
+        ``text_neg_valid``, made by the collator from ``data.text_negatives``) through the
+        online text encoder, with gradient; None when the batch has none."""
+        ids = self.batch.get("text_neg_input_ids")
+        if ids is None:
+            return None
+
+        def compute() -> TextNegatives:
+            mask = self.batch["text_neg_attention_mask"]
+            if ids.shape != self.batch["input_ids"].shape:
+                raise ValueError(f"text_neg_input_ids {tuple(ids.shape)} must have the shape of input_ids {tuple(self.batch['input_ids'].shape)} "
+                                 "(the collator tokenises texts and their negatives together)")
+            hidden, feat = self._need_fns().encode_text(ids, mask)
+            return TextNegatives(hidden, mask, feat, self.batch["text_neg_valid"].bool())
+        return self._cached("text_negatives", compute)
 
     @property
     def image_embeds(self) -> torch.Tensor:

@@ -101,13 +101,21 @@ def albef_register_collators(register):
 
 
 @hookimpl
+def albef_register_text_negatives(register):
+    from albef.data.compositional_negatives import CompositionalNegatives
+
+    register(CompositionalNegatives)
+
+
+@hookimpl
 def albef_register_evaluators(register):
     from albef.evaluation.classification import ClassificationEvaluator
     from albef.evaluation.retrieval import RetrievalEvaluator
     from albef.evaluation.vqa import VQAEvaluator
     from albef.evaluation.grounding import GroundingEvaluator
+    from albef.evaluation.composition import CompositionEvaluator
 
-    for cls in (RetrievalEvaluator, ClassificationEvaluator, VQAEvaluator, GroundingEvaluator):
+    for cls in (RetrievalEvaluator, ClassificationEvaluator, VQAEvaluator, GroundingEvaluator, CompositionEvaluator):
         register(cls)
 
 

@@ -31,6 +31,7 @@ FAMILY_HOOKS: dict[str, str] = {
     "dataset": "albef_register_datasets",
     "head": "albef_register_heads",
     "collator": "albef_register_collators",
+    "text_negatives": "albef_register_text_negatives",
     "evaluator": "albef_register_evaluators",
     "trainer": "albef_register_trainers",
 }
@@ -81,6 +82,13 @@ def albef_register_heads(register):
 @hookspec
 def albef_register_collators(register):
     """Register collators (``data.collator``): list of samples -> batch dict, tokenising in workers."""
+
+
+@hookspec
+def albef_register_text_negatives(register):
+    """Register text-negative generators (``data.text_negatives``): called in the collator as
+    ``gen(captions [B] str, image_ids [B] | None) -> (negative texts [B] str, kind [B] int)``,
+    kind < 0 where a caption has no negative (see ``albef.data.compositional_negatives``)."""
 
 
 @hookspec

@@ -98,6 +98,7 @@ class ALBEF(ALBEFModel):
         pad_token_id: int = 0,
         mask_token_id: int = 103,
         special_token_ids: Sequence[int] = (0, 101, 102),
+        vocab: Mapping[str, int] | None = None,
     ) -> "ALBEF":
         base = build_base_components(vision_encoder, text_encoder, fusion, vocab_size=vocab_size, pad_token_id=pad_token_id)
         txt = base["text_encoder"]
@@ -109,7 +110,7 @@ class ALBEF(ALBEFModel):
             objs[key] = build_component(
                 OBJECTIVE_REGISTRY, node, where=f"model.objectives.{key}",
                 vocab_size=word_emb.shape[0], mask_token_id=mask_token_id, pad_token_id=pad_token_id,
-                special_token_ids=tuple(special_token_ids), hidden_size=txt.hidden_size, embed_dim=embed_dim,
+                special_token_ids=tuple(special_token_ids), hidden_size=txt.hidden_size, embed_dim=embed_dim, vocab=vocab,
             )
         if not objs:
             raise ValueError("model.objectives: every objective is switched off; nothing to train")

@@ -48,8 +48,26 @@ class ITCLoss(Objective):
     sim_i2t = s(I, T_m ∪ queue) / temp, targets = alpha * softmax(sim_m) + (1 - alpha) * y,
     where y is one-hot on the pair (or uniform over same-image columns when the batch
     has image ids) and sim_m uses the teacher's image features. Loss = (CE_i2t + CE_t2i) / 2.
+
+    Args:
+        text_negatives: when the batch carries false texts (``data.text_negatives``),
+            give each image's i2t row one more column: its own false text's online
+            feature, target 0 (a hard negative, never distilled); rows without one get
+            a column the softmax ignores. A false text is only ever a negative of its
+            own image: for another image of the batch it could be true.
     """
+
+    def __init__(self, weight: float = 1.0, text_negatives: bool = False):
+        super().__init__(weight)
+        self.text_negatives = bool(text_negatives)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         tgt_i2t, tgt_t2i = itc_targets(ctx)
-        return (soft_cross_entropy(ctx.sim_i2t, tgt_i2t) + soft_cross_entropy(ctx.sim_t2i, tgt_t2i)) / 2
+        sim_i2t = ctx.sim_i2t
+        extra = ctx.text_negatives() if self.text_negatives else None
+        if extra is not None and extra.feat is not None:
+            own = (ctx.image_feat.float() * extra.feat.float()).sum(dim=1, keepdim=True) / ctx.temp  # [B, 1]
+            own = own.masked_fill(~extra.valid.view(-1, 1), -1e9)  # exp() -> 0; finite, so 0 * log p stays 0
+            sim_i2t = torch.cat([sim_i2t, own], dim=1)
+            tgt_i2t = torch.cat([tgt_i2t, torch.zeros_like(tgt_i2t[:, :1])], dim=1)
+        return (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(ctx.sim_t2i, tgt_t2i)) / 2

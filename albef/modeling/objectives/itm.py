@@ -25,17 +25,24 @@ class ITMLoss(Objective):
     (online vs teacher features, no gradient). A batch may pin them instead with
     ``itm_neg_image_idx`` / ``itm_neg_text_idx`` [B] (tests, parity checks).
 
+    When the batch carries false texts (``data.text_negatives``: compositional hard
+    negatives such as the caption with its relation flipped), each is fused with its
+    own image as one more negative pair: [4B, 2] logits, label 0, the pairs without a
+    negative (``text_neg_valid`` False) dropped from the mean.
+
     Args:
         miner: config node of a MINER_REGISTRY component.
         head: key of the ITM head in ``model.heads``.
+        text_negatives: use the batch's false texts when it has them (false: ignore them).
     """
 
-    def __init__(self, weight: float = 1.0, miner: dict[str, Any] | None = None, head: str = "itm"):
+    def __init__(self, weight: float = 1.0, miner: dict[str, Any] | None = None, head: str = "itm", text_negatives: bool = True):
         super().__init__(weight)
         self.miner = build_component(
             MINER_REGISTRY, miner or {"name": "ContrastiveHardNegativeMiner"}, where="model.objectives.itm.miner"
         )
         self.head = head
+        self.text_negatives = bool(text_negatives)
 
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
@@ -53,13 +60,20 @@ class ITMLoss(Objective):
         b = ctx.batch_size
         neg = self.mine(ctx)
         text, mask, visual = ctx.text_embeds, ctx.attention_mask, ctx.visual()
-        text_all = torch.cat([text, text, text[neg.neg_text_for_image]])
-        mask_all = torch.cat([mask, mask, mask[neg.neg_text_for_image]])
-        visual_all = VisualInput.cat([visual, visual.index(neg.neg_image_for_text), visual])
-        fused = ctx.fuse(text_all, mask_all, visual_all)  # [3B, L, H]
-        logits = ctx.head(self.head)(fused[:, 0]).float()  # [3B, 2]
-        labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
-        keep = torch.cat([torch.ones(b, dtype=torch.bool, device=logits.device), neg.valid_text, neg.valid_image]).float()
-        ctx.stats["dropped_itm_negatives"] = (2 * b - keep[b:].sum()).detach()
+        texts, masks, visuals = [text, text, text[neg.neg_text_for_image]], [mask, mask, mask[neg.neg_text_for_image]], [visual, visual.index(neg.neg_image_for_text), visual]
+        keeps = [torch.ones(b, dtype=torch.bool, device=mask.device), neg.valid_text, neg.valid_image]
+        extra = ctx.text_negatives() if self.text_negatives else None
+        if extra is not None:  # each image with its own false text
+            texts.append(extra.hidden), masks.append(extra.mask), visuals.append(visual), keeps.append(extra.valid)
+            ctx.stats["itm_text_negatives"] = extra.valid.sum().detach()
+            kind = ctx.batch.get("text_neg_kind")
+            if kind is not None:  # -1: no edit rule applies to the caption (albef.data.compositional_negatives.NO_RULE)
+                ctx.stats["text_negatives_no_rule"] = (kind == -1).sum().detach()
+        fused = ctx.fuse(torch.cat(texts), torch.cat(masks), VisualInput.cat(visuals))  # [3B or 4B, L, H]
+        logits = ctx.head(self.head)(fused[:, 0]).float()  # [3B or 4B, 2]
+        n = logits.shape[0]
+        labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(n - b, dtype=torch.long)]).to(logits.device)
+        keep = torch.cat(keeps).float()
+        ctx.stats["dropped_itm_negatives"] = (2 * b - keep[b:3 * b].sum()).detach()
         ce = F.cross_entropy(logits, labels, reduction="none")
         return (ce * keep).sum() / keep.sum()

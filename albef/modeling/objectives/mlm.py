@@ -1,7 +1,7 @@
 """Image-conditioned masked language modelling with momentum distillation."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,8 @@ def mask_tokens(
     positions: torch.Tensor | None = None,
     replace_prob: float = 0.8,
     random_prob: float = 0.1,
+    focus_ids: torch.Tensor | None = None,
+    focus_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking, vectorised on the ids' device.
 
@@ -28,13 +30,17 @@ def mask_tokens(
     Of the chosen: ``replace_prob`` -> [MASK], ``random_prob`` -> a uniformly random
     id over the whole vocabulary (as the official code), the rest unchanged.
     With ``positions`` given, every chosen position becomes [MASK] (deterministic).
+    Tokens in ``focus_ids`` (e.g. the relation words) are chosen with ``focus_prob`` instead.
     Returns (masked_ids [B, L], labels [B, L] with -100 where not chosen).
     """
     if positions is not None:  # pinned positions are taken as given (padding aside)
         chosen = positions.bool() & attention_mask.bool()
         return input_ids.masked_fill(chosen, mask_token_id), input_ids.masked_fill(~chosen, -100)
     eligible = attention_mask.bool() & ~torch.isin(input_ids, never_mask)
-    chosen = (torch.rand(input_ids.shape, device=input_ids.device) < mask_prob) & eligible
+    prob: torch.Tensor | float = mask_prob
+    if focus_ids is not None and focus_ids.numel():
+        prob = torch.where(torch.isin(input_ids, focus_ids), focus_prob, mask_prob)
+    chosen = (torch.rand(input_ids.shape, device=input_ids.device) < prob) & eligible
     labels = input_ids.masked_fill(~chosen, -100)
     r = torch.rand(input_ids.shape, device=input_ids.device)
     to_mask = chosen & (r < replace_prob)
@@ -65,9 +71,13 @@ class MLMLoss(Objective):
             number of positions varies per batch (a data-dependent shape, which the
             compiled step traces as a symbolic size: no graph break, no recompile).
         mask_prob: probability of choosing a token (15%).
+        focus_words, focus_prob: words chosen with probability ``focus_prob`` instead
+            (e.g. the relation words: the image decides them, so predicting them teaches
+            the fusion encoder where each object is); each must be one token of the
+            vocabulary. Default: none.
         replace_prob, random_prob: the 80/10/10 split.
         head: key of the MLM head in ``model.heads``.
-        Builder-supplied: vocab_size, mask_token_id, special_token_ids.
+        Builder-supplied: vocab_size, mask_token_id, special_token_ids, vocab (token -> id).
     """
 
     def __init__(
@@ -81,6 +91,9 @@ class MLMLoss(Objective):
         vocab_size: int = 30522,
         mask_token_id: int = 103,
         special_token_ids: Sequence[int] = (0, 101, 102),
+        focus_words: Sequence[str] = (),
+        focus_prob: float = 0.5,
+        vocab: Mapping[str, int] | None = None,
     ):
         super().__init__(weight)
         if logits not in ("masked", "all"):
@@ -93,6 +106,16 @@ class MLMLoss(Objective):
         self.mask_token_id = mask_token_id
         self.register_buffer("never_mask", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long), persistent=False)
         self.head = head
+        focus_words = list(focus_words or ())
+        if focus_words and vocab is None:
+            raise ValueError("model.objectives.mlm.focus_words needs the tokenizer's vocabulary (build the model with its tokenizer)")
+        unknown = [w for w in focus_words if w not in (vocab or {})]
+        if unknown:
+            raise ValueError(f"model.objectives.mlm.focus_words: {unknown} are not tokens of the vocabulary (each must be one word piece)")
+        if not 0.0 <= focus_prob <= 1.0:
+            raise ValueError(f"model.objectives.mlm.focus_prob must be in [0, 1], got {focus_prob}")
+        self.focus_prob = float(focus_prob)
+        self.register_buffer("focus_ids", torch.tensor([vocab[w] for w in focus_words], dtype=torch.long), persistent=False)
 
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
@@ -102,6 +125,7 @@ class MLMLoss(Objective):
         masked_ids, labels = mask_tokens(
             ids, mask, self.mask_prob, self.mask_token_id, self.vocab_size, self.never_mask,
             positions=ctx.batch.get("mlm_positions"), replace_prob=self.replace_prob, random_prob=self.random_prob,
+            focus_ids=self.focus_ids, focus_prob=self.focus_prob,
         )
         text, _ = ctx.encode_text(masked_ids, mask)
         fused = ctx.fuse(text, mask, ctx.visual())  # [B, L, H]
