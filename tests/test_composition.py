@@ -178,6 +178,26 @@ def test_collator_tokenises_negatives_beside_the_captions(tokenizer):
     assert torch.equal(batch["text_neg_input_ids"][2], batch["input_ids"][2])  # placeholder
     plain = ImageTextCollator(tokenizer, max_tokens=16)(samples)
     assert "text_neg_input_ids" not in plain
+    # without image ids (data.image_ids=false) every row is its own image
+    no_ids = [{k: v for k, v in s.items() if k != "image_id"} for s in samples]
+    assert ImageTextCollator(tokenizer, max_tokens=16, text_negatives=gen)(no_ids)["text_neg_valid"].tolist() == [True, True, False]
+    # a generator that hands back the caption itself with a kind >= 0 made no negative
+    lazy = lambda texts, ids: (list(texts), [0] * len(texts))  # noqa: E731
+    assert not ImageTextCollator(tokenizer, max_tokens=16, text_negatives=lazy)(samples)["text_neg_valid"].any()
+    # official tokenisation and fixed-length padding keep the two tensors the same shape
+    off = ImageTextCollator(tokenizer, max_tokens=16, tokenization="official", pad_to_max=True, text_negatives=gen)(samples)
+    assert off["text_neg_input_ids"].shape == off["input_ids"].shape == (3, 16)
+
+
+def test_a_collator_that_cannot_take_negatives_is_an_error(tiny_cfg, tokenizer):
+    from albef.data.build import build_collator, build_text_negatives, build_train_dataset
+    from albef.registry import ComponentError
+
+    cfg = tiny_cfg("data.text_negatives={name: CompositionalNegatives}", "data.collator.name=VQACollator")
+    with pytest.raises(ComponentError, match="data.text_negatives is set but data.collator \\(VQACollator\\)"):
+        build_collator(cfg, build_train_dataset(cfg), tokenizer, text_negatives=build_text_negatives(cfg))
+    with pytest.raises(EditRulesError, match="data.text_negatives.kinds.*'relation_flip'"):
+        CompositionalNegatives(rules={"mine": {"swap": {"big": "small"}}})
 
 
 def _tiny_model_and_batch(tiny_cfg, *overrides):
@@ -220,11 +240,15 @@ def test_itm_adds_one_negative_pair_per_caption(tiny_cfg):
     valid = batch["text_neg_valid"].float()
     expected = (3 * b * without + (ce * valid).sum()) / (3 * b + valid.sum())
     assert torch.allclose(with_neg, expected, rtol=1e-5, atol=1e-6)
-    # the negatives' gradient reaches the text encoder through their own encoding
+    # the negatives' own term of ITMLoss (its output minus the mined pairs' share) sends
+    # gradient into the text encoder through the negatives' encoding
     model.zero_grad()
-    ((ce * valid).sum()).backward()
+    (with_neg * (3 * b + valid.sum()) - itm(model.context({k: v for k, v in batch.items() if not k.startswith("text_neg_")})) * 3 * b).backward()
     g = model.text_encoder.get_input_embeddings().weight.grad
+    neg_only = set(batch["text_neg_input_ids"][batch["text_neg_valid"]].flatten().tolist()) - set(batch["input_ids"].flatten().tolist())
     assert g is not None and g.abs().sum() > 0
+    for tok_id in neg_only:  # words only the negatives contain ("right" for a batch of "left" captions) learn from them
+        assert g[tok_id].abs().sum() > 0
     # switched off by the objective's option
     itm.text_negatives = False
     assert torch.allclose(itm(model.context(batch)), without, rtol=1e-6)
@@ -355,12 +379,16 @@ def test_probe_end_to_end_with_a_model_whose_answer_is_known(tokenizer):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, synthetic_root):
     out = str(tmp_path_factory.mktemp("comp"))
-    r = run_cli(["--config-file", TINY, f"data.synthetic.root={synthetic_root}", f"output_dir={out}", "train.max_iter=3", "data.test=null",
-                 "data.text_negatives={name: CompositionalNegatives}", "model.objectives.itc.text_negatives=true"])
+    r = run_cli(["--config-file", TINY, f"data.synthetic.root={synthetic_root}", f"output_dir={out}", "train.max_iter=3",
+                 "data.text_negatives={name: CompositionalNegatives}", "model.objectives.itc.text_negatives=true",
+                 "eval.composition={name: CompositionEvaluator, split: test, max_tokens: 16}"])
     assert r.returncode == 0, r.stderr[-2000:]
     with open(os.path.join(out, "metrics.json")) as f:
         rows = [json.loads(line) for line in f]
     assert any(row.get("itm_text_negatives", 0) > 0 for row in rows)  # the negatives reached ITM
+    assert all(row.get("text_negatives_no_rule", 0) == 0 for row in rows)  # every synthetic caption matches a rule
+    final = [row for row in rows if "composition/relation_flip_itm" in row]  # the probe as an evaluator
+    assert final and 0 <= final[-1]["composition/relation_flip_itm"] <= 100 and final[-1]["composition/relation_flip_n"] > 0
     return out
 
 

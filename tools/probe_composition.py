@@ -11,8 +11,9 @@ and every edit kind of the rules (relation flipped, the two objects exchanged, o
 attribute changed; see ``albef/data/caption_edits.py`` and ``projects/composition/README.md``
 for the rules format), the edited caption is scored against the image beside the true
 one, with ITM (fused matched-class logit) and ITC (cosine). Printed: the share of
-captions whose true version scores higher, per kind (chance 50%), how many captions each
-kind applies to and how many it does not. Each question is asked of the caption and of
+questions whose true caption scores higher, per kind (chance 50%), how many questions each
+kind asks and how many captions it does not apply to (or only yields another true caption
+of the same image). Each question is asked of the caption and of
 its paraphrases (the rules' ``paraphrases`` chains; for the synthetic world "A left of B"
 is also asked as "B right of A"), so that preferring one relation word ("left") over its
 partner cannot pass for understanding: on the synthetic test split every caption says
@@ -41,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def format_table(kinds: dict) -> str:
     mlm = any("mlm" in r for r in kinds.values())
-    lines = ["| edit kind | ITM prefers true | ITC prefers true | captions probed | not applicable |" + (" MLM fills in the true word |" if mlm else ""),
+    lines = ["| edit kind | ITM prefers true | ITC prefers true | questions | captions not applicable |" + (" MLM fills in the true word |" if mlm else ""),
              "|---|---|---|---|---|" + ("---|" if mlm else "")]
 
     def pct(v):
@@ -114,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     ALBEFCheckpointer(model).load_weights(args.weights, strict=bool(cfg.model.weights_strict))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    # bf16 as training has it: auto = on a CUDA device that supports it
+    amp = device.type == "cuda" and cfg.train.amp != "off" and torch.cuda.is_bf16_supported()
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=0, collate_fn=lambda b: {
         "image": torch.stack([s["image"] for s in b]), "index": torch.tensor([s["index"] for s in b])})
     try:
         res = evaluate_composition(model, ds, loader, tok, edits, kinds=kinds, max_tokens=cfg.data.max_tokens, device=device,
-                                   amp=device.type == "cuda", tokenization=cfg.data.tokenization, mlm_head="mlm",
+                                   amp=amp, tokenization=cfg.data.tokenization, mlm_head="mlm",
                                    balanced=not args.no_paraphrases)
     except DataError as e:
         return fail(str(e))

@@ -93,6 +93,12 @@ def _base_dataset(dataset: Dataset) -> Dataset:
 
 def build_text_negatives(cfg: DictConfig):
     """The ``data.text_negatives`` generator (extra false captions for training batches), or None."""
+    if cfg.data.get("text_negatives") is None:
+        users = [k for k, o in (cfg.model.get("objectives") or {}).items() if o is not None and o.get("text_negatives")]
+        if users:
+            logger.warning("model.objectives.%s.text_negatives is true but data.text_negatives is null: the batches carry no "
+                           "false captions, so the option does nothing", users[0])
+        return None
     return build_component(TEXT_NEGATIVES_REGISTRY, cfg.data.get("text_negatives"), where="data.text_negatives", seed=cfg.train.seed)
 
 
@@ -102,6 +108,13 @@ def build_collator(cfg: DictConfig, dataset: Dataset, tokenizer: Any, pad_to_max
     generator (training only), the false captions it makes beside them."""
     base = _base_dataset(dataset)
     extra = {"text_negatives": text_negatives} if text_negatives is not None else {}
+    if extra:
+        from albef.registry import _accepted_kwargs, get_component
+
+        accepted, var_kw = _accepted_kwargs(get_component(COLLATOR_REGISTRY, cfg.data.collator.name, "data.collator"))
+        if "text_negatives" not in accepted and not var_kw:
+            raise ComponentError(f"data.text_negatives is set but data.collator ({cfg.data.collator.name}) takes no text_negatives "
+                                 "argument: use a collator built on ImageTextCollator, or set data.text_negatives=null")
     return build_component(
         COLLATOR_REGISTRY, cfg.data.collator, where="data.collator",
         tokenizer=tokenizer, max_tokens=cfg.data.max_tokens, tokenization=cfg.data.tokenization,

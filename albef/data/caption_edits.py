@@ -122,7 +122,7 @@ class PhrasePattern(EditRule):
     def __call__(self, caption: str, rng: random.Random | None = None) -> str | None:
         out, n = self._re.subn(self.replace, caption, count=1)
         out = " ".join(out.split())
-        return out if n and out != caption else None
+        return out if n and out != " ".join(caption.split()) else None
 
 
 class ReplaceFromSet(EditRule):

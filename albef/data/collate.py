@@ -79,7 +79,8 @@ class ImageTextCollator:
         return {
             "input_ids": enc["input_ids"][:b], "attention_mask": enc["attention_mask"][:b],
             "text_neg_input_ids": enc["input_ids"][b:], "text_neg_attention_mask": enc["attention_mask"][b:],
-            "text_neg_valid": kind_t >= 0, "text_neg_kind": kind_t,
+            # a generator that hands back the caption itself made no negative, whatever its kind says
+            "text_neg_valid": (kind_t >= 0) & torch.tensor([n != t for n, t in zip(negs, texts)], dtype=torch.bool), "text_neg_kind": kind_t,
         }
 
 

@@ -14,17 +14,22 @@ Configured as ``data.text_negatives`` (null: off), e.g.
 """
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, Mapping, Sequence
 
 from albef.data.caption_edits import CaptionEdits, EditRulesError, load_edit_rules
 
-__all__ = ["CompositionalNegatives", "NO_RULE", "SKIPPED", "IS_POSITIVE"]
+__all__ = ["CompositionalNegatives", "NO_RULE", "SKIPPED", "IS_POSITIVE", "KIND_STATS"]
+
+logger = logging.getLogger("albef.data")
 
 #: ``text_neg_kind`` codes of captions without an edited negative (kinds are 0, 1, ...).
 NO_RULE = -1  # no configured kind applies to the caption (counted, never an error)
 SKIPPED = -2  # a rule applies but the caption was left out by ``rate``
 IS_POSITIVE = -3  # every applicable edit gives a caption of the same image in the batch
+#: logged per step as ``text_negatives_<name>`` (counts of the batch's captions)
+KIND_STATS = {NO_RULE: "no_rule", SKIPPED: "skipped", IS_POSITIVE: "is_positive"}
 
 
 class CompositionalNegatives:
@@ -40,9 +45,11 @@ class CompositionalNegatives:
     Args:
         rules: ``shapes_world`` (built-in, for the synthetic world's grammar), a YAML
             rules file or an inline mapping (see :mod:`albef.data.caption_edits`).
-        kinds: the rules' kinds to use (null: all of them).
+        kinds: the rules' kinds to use (null: all of them; the default names the
+            built-in rules' relation kinds: a rules file of your own names its own).
         rate: probability that a caption gets its negative (the mix with the mined
-            negatives: ITM fuses B positives, 2B mined negatives and ~rate * B of these).
+            negatives: ITM trains on B positives, 2B mined negatives and ~rate * B of
+            these; it fuses all B edited slots every step, one shape for every batch).
         seed: the draws depend on the seed and the batch's captions only (reproducible
             in any worker).
     """
@@ -52,9 +59,13 @@ class CompositionalNegatives:
         if not 0.0 <= float(rate) <= 1.0:
             raise EditRulesError(f"data.text_negatives.rate must be in [0, 1], got {rate}")
         edits: CaptionEdits = load_edit_rules(rules)
-        self.edits = edits.subset(list(kinds)) if kinds is not None else edits
+        try:
+            self.edits = edits.subset(list(kinds)) if kinds is not None else edits
+        except EditRulesError as e:
+            raise EditRulesError(f"data.text_negatives.kinds: {e} (set kinds: to your rules' kinds, or null for all)") from e
         self.kinds = self.edits.kinds
         self.rate, self.seed = float(rate), int(seed)
+        self._calls = self._matched = 0
 
     def __call__(self, captions: Sequence[str], image_ids: Sequence[Any] | None = None) -> tuple[list[str], list[int]]:
         rng = random.Random(f"{self.seed}/" + "\n".join(captions))
@@ -82,4 +93,11 @@ class CompositionalNegatives:
             else:
                 k, e = rng.choice(options)
                 out.append(e), kind.append(k)
+        self._calls += 1
+        self._matched += sum(k != NO_RULE for k in kind)
+        if self._calls == 20 and self._matched == 0:  # once per worker: a silent no-op costs a quarter of ITM's fusion
+            logger.warning("data.text_negatives (%s): none of the first 20 batches' captions matched a rule of %s; "
+                           "ITM fuses placeholder pairs for nothing. Give rules that fit your captions, e.g. "
+                           "'data.text_negatives.rules=my_rules.yaml' (see projects/composition/README.md)",
+                           type(self).__name__, self.edits.source)
         return out, kind

@@ -43,7 +43,7 @@ def world_manifest(ann_file: str | None) -> dict | None:
 
 
 def probe_items(texts: Sequence[str], edits: CaptionEdits, kinds: Sequence[str] | None = None,
-                balanced: bool = True) -> tuple[list[tuple[int, str, str, str]], dict[str, int]]:
+                balanced: bool = True, txt2img: Sequence[int] | None = None) -> tuple[list[tuple[int, str, str, str]], dict[str, int]]:
     """The probe's questions: ``[(caption index, kind, true caption, edited caption), ...]``
     and ``{kind: number of captions it does not apply to}``.
 
@@ -52,16 +52,24 @@ def probe_items(texts: Sequence[str], edits: CaptionEdits, kinds: Sequence[str] 
     the paraphrase. On a split whose captions all say "left" (never "right"), a model that
     merely prefers the word "left" would otherwise pass every relation flip; balanced, it
     scores 50%. The edit of caption ``j``'s ``p``-th version under ``kind`` draws from
-    ``Random(f"{j}/{p}/{kind}")`` (reproducible)."""
+    ``Random(f"{j}/{p}/{kind}")`` (reproducible). With ``txt2img``, an edit that is another
+    caption of the same image (or its paraphrase) is true, so it is not asked (a symmetric
+    relation such as "next to" in a user's rules); like an edit that does not apply, it
+    counts in ``unmatched`` when no version of the caption is left to ask."""
     kinds = list(kinds or edits.kinds)
     items, unmatched = [], {k: 0 for k in kinds}
+    true_of: dict[int, set[str]] = {}
+    if txt2img is not None:
+        for j, t in enumerate(texts):
+            true_of.setdefault(txt2img[j], set()).update([t, *edits.paraphrases_of(t)])
     for j, t in enumerate(texts):
         versions = [t] + (edits.paraphrases_of(t) if balanced else [])
+        same = true_of.get(txt2img[j], set()) if txt2img is not None else {t, *versions}
         for kind in kinds:
             found = False
             for p, s in enumerate(versions):
                 e = edits.edit(s, kind, random.Random(f"{j}/{p}/{kind}"))
-                if e is not None and e != s:
+                if e is not None and e != s and e not in same:
                     items.append((j, kind, s, e))
                     found = True
             unmatched[kind] += not found
@@ -80,37 +88,41 @@ def preference_shares(true_scores: torch.Tensor, false_scores: torch.Tensor, ite
 
 @torch.no_grad()
 def mlm_swap_preference(model, texts: Sequence[str], txt2img: Sequence[int], image_embeds: torch.Tensor, tokenizer, rule: SwapWords, *,
-                        max_tokens: int = 30, tokenization: str = "ours", head: str = "mlm", autocast=None) -> tuple[float, int]:
+                        max_tokens: int = 30, tokenization: str = "ours", head: str = "mlm", autocast=None, batch_size: int = 256) -> tuple[float, int]:
     """Fill-in probe of a word-swap kind with the MLM head: in each caption, the first word
     that the rule swaps (one word piece, e.g. "left") is masked and the image-conditioned
     MLM head predicts it; the caption counts as right when the true word's logit beats its
     swap partner's ("right"). Returns (% right, captions probed). A model that knows the
     axis of a relation but not its direction is at 50% here."""
     vocab = tokenizer.get_vocab()
-    pairs = {a: b for a, b in rule.table.items() if a in vocab and b in vocab and " " not in a and " " not in b}
-    enc = tokenize(tokenizer, list(texts), max_tokens, pad_to_max=True, mode=tokenization)
-    ids, mask = enc["input_ids"].to(image_embeds.device), enc["attention_mask"].to(image_embeds.device)
-    id_pairs = {vocab[a]: vocab[b] for a, b in pairs.items()}
-    rows, cols, true_ids, alt_ids = [], [], [], []
-    for r in range(ids.shape[0]):
-        for c, t in enumerate(ids[r].tolist()):
-            if t in id_pairs:
-                rows.append(r), cols.append(c), true_ids.append(t), alt_ids.append(id_pairs[t])
-                break
-    if not rows:
+    pairs = {vocab[a]: vocab[b] for a, b in rule.table.items() if a in vocab and b in vocab}  # one-piece words only
+    if not pairs:
         return float("nan"), 0
-    rows_t = torch.tensor(rows, device=ids.device)
-    masked = ids[rows_t].clone()
-    masked[torch.arange(len(rows), device=ids.device), torch.tensor(cols, device=ids.device)] = tokenizer.mask_token_id
-    with autocast or nullcontext():
-        hidden, _ = model.encode_text(masked, mask[rows_t])
-        img = torch.tensor([txt2img[r] for r in rows], device=ids.device)
-        fused = model.fuse(hidden, mask[rows_t], image_embeds[img])
-        at = fused[torch.arange(len(rows), device=ids.device), torch.tensor(cols, device=ids.device)]
-        logits = model.head(head)(at).float()
-    ar = torch.arange(len(rows), device=ids.device)
-    right = logits[ar, torch.tensor(true_ids, device=ids.device)] > logits[ar, torch.tensor(alt_ids, device=ids.device)]
-    return 100.0 * right.float().mean().item(), len(rows)
+    dev = image_embeds.device
+    swap_from = torch.tensor(list(pairs), device=dev)
+    swap_to = torch.tensor(list(pairs.values()), device=dev)
+    t2i = torch.as_tensor(list(txt2img), dtype=torch.long, device=dev)
+    right, n = 0, 0
+    for s in range(0, len(texts), batch_size):
+        enc = tokenize(tokenizer, list(texts[s : s + batch_size]), max_tokens, pad_to_max=True, mode=tokenization)
+        ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+        hit = torch.isin(ids, swap_from)  # [b, L]
+        has = hit.any(dim=1)
+        if not bool(has.any()):
+            continue
+        rows = has.nonzero().squeeze(1)
+        col = hit[rows].float().argmax(dim=1)  # the first swappable word of each row
+        ar = torch.arange(rows.numel(), device=dev)
+        ids, mask = ids[rows], mask[rows]
+        true_id = ids[ar, col]
+        alt_id = swap_to[(true_id.view(-1, 1) == swap_from.view(1, -1)).float().argmax(dim=1)]
+        with autocast or nullcontext():
+            hidden, _ = model.encode_text(ids.index_put((ar, col), torch.full_like(true_id, tokenizer.mask_token_id)), mask)
+            fused = model.fuse(hidden, mask, image_embeds[t2i[s + rows]])
+            logits = model.head(head)(fused[ar, col]).float()  # [b', V]
+        right += int((logits[ar, true_id] > logits[ar, alt_id]).sum())
+        n += rows.numel()
+    return (100.0 * right / n if n else float("nan")), n
 
 
 @torch.no_grad()
@@ -121,13 +133,13 @@ def evaluate_composition(model, dataset, image_loader, tokenizer, edits: Caption
 
     ``balanced``: ask each question of the captions' paraphrases too (:func:`probe_items`).
 
-    Returns ``{"kinds": {kind: {"itm": %, "itc": %, "n": items, "unmatched": captions}},
+    Returns ``{"kinds": {kind: {"itm": %, "itc": %, "n": questions, "unmatched": captions}},
     "items": [{"caption", "edited", "kind", "image", "itm_true", "itm_false", "itc_true", "itc_false"}, ...]}``
     (``itm`` entries only when the model has the ITM head ``head``; with ``mlm_head``, word-swap
     kinds also get ``mlm``/``mlm_n``: :func:`mlm_swap_preference`).
     """
     kinds = list(kinds or edits.kinds)
-    items, unmatched = probe_items(dataset.text, edits, kinds, balanced=balanced)
+    items, unmatched = probe_items(dataset.text, edits, kinds, balanced=balanced, txt2img=dataset.txt2img)
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     was_training = model.training
@@ -207,8 +219,9 @@ def evaluate_composition(model, dataset, image_loader, tokenizer, edits: Caption
 class CompositionEvaluator(Evaluator):
     """``eval.<key>: {name: CompositionEvaluator, split: test, rules: shapes_world}``: the
     composition probe on a retrieval split. Metrics ``<prefix>/<kind>_itm`` and
-    ``<prefix>/<kind>_itc`` (% of captions whose true version scores higher than the
-    edited one) and ``<prefix>/<kind>_n`` (how many captions the kind applies to).
+    ``<prefix>/<kind>_itc`` (% of questions whose true caption scores higher than the
+    edited one) and ``<prefix>/<kind>_n`` (how many questions: captions the kind applies
+    to, and their paraphrases when ``balanced``).
 
     Args:
         rules: ``shapes_world`` (the synthetic world's grammar), a YAML rules file or a mapping.

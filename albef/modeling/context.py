@@ -182,6 +182,12 @@ class StepContext:
             return None
 
         def compute() -> TextNegatives:
+            from albef.data.compositional_negatives import KIND_STATS
+
+            kind = self.batch.get("text_neg_kind")
+            if kind is not None:  # why captions went without a negative, counted per step
+                for code, name in KIND_STATS.items():
+                    self.stats[f"text_negatives_{name}"] = (kind == code).sum().detach()
             mask = self.batch["text_neg_attention_mask"]
             if ids.shape != self.batch["input_ids"].shape:
                 raise ValueError(f"text_neg_input_ids {tuple(ids.shape)} must have the shape of input_ids {tuple(self.batch['input_ids'].shape)} "

@@ -39,6 +39,8 @@ def probe_run(run_dir: str) -> dict:
         from albef.config import load_config
 
         cfg = load_config(os.path.join(run_dir, "config.yaml"))
+        if cfg.data.test is None:
+            raise SystemExit(f"{run_dir}: its config has no data.test split to probe")
         cmd = [sys.executable, os.path.join(REPO, "tools", "probe_composition.py"), "--config-file", os.path.join(run_dir, "config.yaml"),
                "--weights", os.path.join(run_dir, "model_final.pth"), "--test", cfg.data.test.ann_file, "--out", run_dir]
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -48,7 +50,8 @@ def probe_run(run_dir: str) -> dict:
         return json.load(f)["kinds"]
 
 
-def cell(vals: list[float]) -> str:
+def cell(vals: list) -> str:
+    vals = [v for v in vals if v is not None]
     m, s = mean_sd(vals)
     return f"{m:.1f} ± {s:.1f}" if vals else "n/a"
 
@@ -78,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                        "txt_r1": r["metrics"].get("retrieval/txt_r1"), "img_r1": r["metrics"].get("retrieval/img_r1")}
                 records.append(rec)
                 rows.append(rec)
-            cols = [cell([x["probe"][k]["itm"] for x in rows]) for k in KINDS]
-            cols += [cell([x["probe"][k]["itc"] for x in rows]) for k in KINDS[:2]]
+            cols = [cell([x["probe"].get(k, {}).get("itm") for x in rows]) for k in KINDS]
+            cols += [cell([x["probe"].get(k, {}).get("itc") for x in rows]) for k in KINDS[:2]]
             cols += [cell([x["txt_r1"] for x in rows]), cell([x["img_r1"] for x in rows]), cell([x["wall_s"] / 60 for x in rows])]
             lines.append(f"| {name} | {v} | {', '.join(str(x['seed']) for x in rows)} | " + " | ".join(cols) + " |")
     with open(os.path.join(args.out, "probes.jsonl"), "w", encoding="utf-8") as f:

@@ -66,9 +66,6 @@ class ITMLoss(Objective):
         if extra is not None:  # each image with its own false text
             texts.append(extra.hidden), masks.append(extra.mask), visuals.append(visual), keeps.append(extra.valid)
             ctx.stats["itm_text_negatives"] = extra.valid.sum().detach()
-            kind = ctx.batch.get("text_neg_kind")
-            if kind is not None:  # -1: no edit rule applies to the caption (albef.data.compositional_negatives.NO_RULE)
-                ctx.stats["text_negatives_no_rule"] = (kind == -1).sum().detach()
         fused = ctx.fuse(torch.cat(texts), torch.cat(masks), VisualInput.cat(visuals))  # [3B or 4B, L, H]
         logits = ctx.head(self.head)(fused[:, 0]).float()  # [3B or 4B, 2]
         n = logits.shape[0]
