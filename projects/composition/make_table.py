@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     records = []
     lines = [
-        "| world | recipe | seeds | relation flip, ITM | object exchange, ITM | attribute change, ITM | relation flip, ITC | object exchange, ITC | TR@1 | IR@1 | min / run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| world | recipe | seeds | relation flip, ITM | object exchange, ITM | attribute change, ITM | relation flip, ITC | object exchange, ITC "
+        "| relation word, MLM fill-in | TR@1 | IR@1 | min / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for spec in args.sweep:
         name, _, folder = spec.partition("=")
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(rec)
             cols = [cell([x["probe"].get(k, {}).get("itm") for x in rows]) for k in KINDS]
             cols += [cell([x["probe"].get(k, {}).get("itc") for x in rows]) for k in KINDS[:2]]
+            cols += [cell([x["probe"].get("relation_flip", {}).get("mlm") for x in rows])]
             cols += [cell([x["txt_r1"] for x in rows]), cell([x["img_r1"] for x in rows]), cell([x["wall_s"] / 60 for x in rows])]
             lines.append(f"| {name} | {v} | {', '.join(str(x['seed']) for x in rows)} | " + " | ".join(cols) + " |")
     with open(os.path.join(args.out, "probes.jsonl"), "w", encoding="utf-8") as f:
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(rec) + "\n")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "composition_table.md"), "w", encoding="utf-8") as f:
-        f.write("Cells: mean ± sample sd over seeds; probes in % of test captions whose true version outscores the edited one "
-                "(chance 50%); TR/IR@1: retrieval (ITM re-ranking of ITC's top 16), %.\n\n" + table)
+        f.write("Cells: mean ± sample sd over seeds; probes in % of questions (each test caption and its paraphrase) whose true "
+                "caption outscores the edited one (chance 50%); MLM fill-in: % of masked relation words where the MLM head ranks "
+                "the true word above its partner; TR/IR@1: retrieval (ITM re-ranking of ITC's top 16), %.\n\n" + table)
     print(table)
     return 0
 
