@@ -25,7 +25,7 @@ import torch
 from albef.data.caption_edits import CaptionEdits, SwapWords, load_edit_rules
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn
-from albef.evaluation.retrieval import pair_itm_logits
+from albef.evaluation.retrieval import encode_images, encode_texts, pair_itm_logits
 
 __all__ = ["probe_items", "preference_shares", "evaluate_composition", "CompositionEvaluator", "world_manifest"]
 
@@ -156,24 +156,8 @@ def evaluate_composition(model, dataset, image_loader, tokenizer, edits: Caption
 
         true_idx = [idx(s) for _, _, s, _ in items]
         false_idx = [idx(e) for _, _, _, e in items]
-        t_emb, t_mask, t_feat = [], [], []
-        for s in range(0, len(texts), text_batch):
-            enc = tokenize(tokenizer, texts[s : s + text_batch], max_tokens, pad_to_max=True, mode=tokenization)
-            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            with autocast:
-                emb, feat = model.encode_text(ids, mask)
-            t_emb.append(emb), t_mask.append(mask), t_feat.append(feat.float() if feat is not None else None)
-        text_embeds, text_mask = torch.cat(t_emb), torch.cat(t_mask)
-        text_feat = torch.cat(t_feat) if all(f is not None for f in t_feat) else None
-        n_img = len(dataset)
-        img_emb, img_feat = [None] * n_img, [None] * n_img
-        for batch in image_loader:
-            with autocast:
-                emb, feat = model.encode_image(batch["image"].to(device))
-            for j, i in enumerate(batch["index"].tolist()):
-                img_emb[i], img_feat[i] = emb[j], (feat[j].float() if feat is not None else None)
-        image_embeds = torch.stack(img_emb)
-        image_feat = torch.stack(img_feat) if all(f is not None for f in img_feat) else None
+        text_embeds, text_mask, text_feat = encode_texts(model, tokenizer, texts, max_tokens, text_batch, device, autocast, tokenization)
+        image_embeds, image_feat = encode_images(model, image_loader, len(dataset), device, autocast)
 
         cap = torch.tensor(true_idx, dtype=torch.long, device=device)
         img = torch.tensor([dataset.txt2img[j] for j, _, _, _ in items], dtype=torch.long, device=device)

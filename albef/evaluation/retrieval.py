@@ -153,6 +153,34 @@ def _rerank_both(model, sims: torch.Tensor, k: int, text_embeds, text_mask, imag
 
 
 @torch.no_grad()
+def encode_texts(model, tokenizer, texts: Sequence[str], max_tokens: int, text_batch: int, device, autocast, tokenization: str = "ours"):
+    """Every text through the text encoder in batches of ``text_batch``, padded to ``max_tokens``:
+    (hidden [N, L, H], mask [N, L], feature [N, E] float32, or None without projections)."""
+    emb, masks, feats = [], [], []
+    for s in range(0, len(texts), text_batch):
+        enc = tokenize(tokenizer, list(texts[s : s + text_batch]), max_tokens, pad_to_max=True, mode=tokenization)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        with autocast:
+            e, f = model.encode_text(ids, mask)
+        emb.append(e), masks.append(mask), feats.append(f.float() if f is not None else None)
+    feat = torch.cat(feats) if all(f is not None for f in feats) else None
+    return torch.cat(emb), torch.cat(masks), feat
+
+
+@torch.no_grad()
+def encode_images(model, image_loader, n: int, device, autocast):
+    """The ``n`` images of ``image_loader`` (batches of ``image`` and ``index``) in index order:
+    (tokens [n, 1+N, Dv], feature [n, E] float32, or None without projections)."""
+    emb, feat = [None] * n, [None] * n
+    for batch in image_loader:
+        with autocast:
+            e, f = model.encode_image(batch["image"].to(device))
+        for j, i in enumerate(batch["index"].tolist()):
+            emb[i], feat[i] = e[j], (f[j].float() if f is not None else None)
+    return torch.stack(emb), (torch.stack(feat) if all(f is not None for f in feat) else None)
+
+
+@torch.no_grad()
 def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int = 256, max_tokens: int = 30, text_batch: int = 256, pair_batch: int = 256, device: torch.device | str = "cpu", amp: bool = False, rerank_score: str = "itm", tokenization: str = "ours", rerank: bool = True, head: str = "itm") -> dict[str, dict[str, float]]:
     """Returns ``{"retrieval_itc": {...}, "retrieval": {...}}`` (the second only with ``rerank``).
 
@@ -172,24 +200,8 @@ def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int =
     device = torch.device(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
     try:
-        text_embeds, text_mask, text_feat = [], [], []
-        for s in range(0, len(dataset.text), text_batch):
-            enc = tokenize(tokenizer, dataset.text[s : s + text_batch], max_tokens, pad_to_max=True, mode=tokenization)
-            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            with autocast:
-                emb, feat = model.encode_text(ids, mask)
-            text_embeds.append(emb)
-            text_mask.append(mask)
-            text_feat.append(feat.float())
-        text_embeds, text_mask, text_feat = torch.cat(text_embeds), torch.cat(text_mask), torch.cat(text_feat)
-        n_img = len(dataset)
-        image_embeds, image_feat = [None] * n_img, [None] * n_img
-        for batch in image_loader:
-            with autocast:
-                emb, feat = model.encode_image(batch["image"].to(device))
-            for j, i in enumerate(batch["index"].tolist()):
-                image_embeds[i], image_feat[i] = emb[j], feat[j].float()
-        image_embeds, image_feat = torch.stack(image_embeds), torch.stack(image_feat)
+        text_embeds, text_mask, text_feat = encode_texts(model, tokenizer, dataset.text, max_tokens, text_batch, device, autocast, tokenization)
+        image_embeds, image_feat = encode_images(model, image_loader, len(dataset), device, autocast)
         sims = image_feat @ text_feat.t()  # [N_i, N_t], cosine (no temperature), as the official code
         results = {"retrieval_itc": retrieval_metrics(sims, sims.t(), dataset.txt2img, dataset.img2txt)}
         if rerank:
