@@ -31,15 +31,24 @@ def prepare_synthetic(cfg: DictConfig) -> None:
     from albef.registry import _accepted_kwargs
 
     kwargs = OmegaConf.to_container(node, resolve=True)
+    noise_node = kwargs.pop("noise", None)
     accepted, _ = _accepted_kwargs(generate_synthetic)
     bad = [k for k in kwargs if k not in accepted]
     if bad:
-        raise ComponentError(f"data.synthetic: unknown key(s) {bad}; valid keys: {', '.join(sorted(accepted))}")
+        raise ComponentError(f"data.synthetic: unknown key(s) {bad}; valid keys: {', '.join(sorted(accepted | {'noise'}))}")
+    from albef.data.synthetic.noise import NoiseError, parse_noise
+
+    try:
+        noise = parse_noise(noise_node)
+    except NoiseError as e:
+        raise ComponentError(str(e)) from e
     try:
         manifest = generate_synthetic(**kwargs)
     except ValueError as e:  # bad parameters, or a root generated with other ones
         raise DataError(f"data.synthetic: {e}") from e
     logger.info("Synthetic data at %s: %s", kwargs.get("root"), manifest.get("counts", {}))
+    if noise is not None:
+        _use_noisy_train_split(cfg, kwargs["root"], noise)
     task = cfg.data.get("synthetic_task")
     if task is not None:
         from albef.data.synthetic.tasks import generate_task_data
@@ -54,6 +63,34 @@ def prepare_synthetic(cfg: DictConfig) -> None:
         except ValueError as e:
             raise DataError(f"data.synthetic_task: {e}") from e
         logger.info("Synthetic %s data at %s/%s: %s", t_kwargs.get("task"), kwargs["root"], t_kwargs.get("task"), tm.get("counts", {}))
+
+
+def _use_noisy_train_split(cfg: DictConfig, root: str, noise: dict) -> None:
+    """Point ``data.train.ann_files`` from the clean ``<root>/pretrain.json`` to its noisy
+    copy (written once by :func:`albef.data.synthetic.noise.make_noisy_pretrain`); the
+    test split stays clean."""
+    import os
+
+    from albef.data.synthetic.noise import make_noisy_pretrain
+    from albef.data.synthetic.shapes import synthetic_paths
+
+    train = cfg.data.get("train")
+    clean = os.path.normpath(os.path.abspath(synthetic_paths(root)["pretrain"]))
+    files = list(train.get("ann_files") or []) if train is not None else []
+    hits = [i for i, f in enumerate(files) if os.path.normpath(os.path.abspath(f)) == clean]
+    if not hits:
+        raise ComponentError(
+            f"data.synthetic.noise is set, but data.train.ann_files ({files}) does not read the synthetic training "
+            f"file {synthetic_paths(root)['pretrain']}: the noise applies to that file only"
+        )
+    try:
+        paths = make_noisy_pretrain(root, noise)
+    except ValueError as e:
+        raise DataError(f"data.synthetic.noise: {e}") from e
+    for i in hits:
+        files[i] = paths["pretrain"]
+    train.ann_files = files
+    logger.info("data.synthetic.noise %s: training on %s (what was corrupted: %s)", noise, paths["pretrain"], paths["corruptions"])
 
 
 def _dataset_extra(cfg: DictConfig, split: str) -> dict[str, Any]:

@@ -97,7 +97,9 @@ class StepContext:
     also computed on first use. ``temp``: 0-dim learnable temperature (None when the
     model has no projections); ``alpha``: this step's distillation weight (float, or a
     0-d tensor with ``distill`` saying whether to distil at all); :attr:`distill`: whether
-    objectives compute their distillation terms (:func:`distilling`).
+    objectives compute their distillation terms (:func:`distilling`); ``ramp``: this
+    step's warm-up factor in [0, 1] (alpha = configured alpha * ramp), which objectives
+    with an alpha of their own apply to it (:meth:`alpha_for`).
 
     Precomputed values may be given to the constructor (tests, objectives without a model).
     """
@@ -110,6 +112,7 @@ class StepContext:
         temp: torch.Tensor | None = None,
         alpha: float | torch.Tensor | None = None,
         distill: bool | None = None,
+        ramp: float | torch.Tensor = 1.0,
         teacher_fn: Callable[["StepContext"], TeacherOutput] | None = None,
         teacher: TeacherOutput | None = None,
         image_embeds: torch.Tensor | None = None,
@@ -124,6 +127,7 @@ class StepContext:
             alpha = teacher.alpha if teacher is not None else 0.0
         self.alpha = alpha if isinstance(alpha, torch.Tensor) else float(alpha)
         self.distill = distilling(self.alpha, True if distill is None else distill)
+        self.ramp = ramp if isinstance(ramp, torch.Tensor) else float(ramp)
         self._teacher_fn = teacher_fn
         self.stats: dict[str, torch.Tensor] = {}
         self._cache: dict[Any, Any] = {}
@@ -133,6 +137,14 @@ class StepContext:
             self._cache[("text", False)] = (text_embeds, text_feat)
         if teacher is not None:
             self._cache["teacher"] = teacher
+
+    def alpha_for(self, own: float | None) -> tuple[float | torch.Tensor, bool]:
+        """(alpha, distil?) of an objective with its own configured alpha ``own``: None ->
+        the teacher's (:attr:`alpha`, :attr:`distill`); a number -> ``own * ramp`` (the
+        same warm-up ramp as the teacher's alpha), distilling when ``own > 0``."""
+        if own is None:
+            return self.alpha, self.distill
+        return own * self.ramp, own > 0
 
     def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:

@@ -2,7 +2,8 @@
 
 Used by ``tools/run_ablation.py``. A *run* is a dict with ``variant``, ``seed``,
 ``wall_s`` and ``metrics`` (flat ``prefix/metric`` -> value, as in ``metrics.json``).
-The chart is drawn with Pillow (already a dependency) rather than matplotlib.
+Charts are drawn with matplotlib (the ``report`` extra). A sweep over data conditions
+names its rows ``variant@condition``.
 """
 from __future__ import annotations
 
@@ -78,53 +79,144 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def bar_chart_png(rows: Sequence[dict], path: str, keys: Sequence[tuple[str, str]] = (("TR@1", "retrieval/txt_r1"), ("IR@1", "retrieval/img_r1")), title: str = "Retrieval R@1 (mean ± sd over seeds)") -> None:
-    """Grouped bars (one group per variant, one bar per key) with sd whiskers, written as PNG."""
-    from PIL import Image, ImageDraw, ImageFont
+COLORS = ("#4272c4", "#ed7d31", "#70ad47", "#a5a5a5", "#7030a0", "#c00000")  # (66, 114, 196), (237, 125, 49), ...
 
-    colors = [(66, 114, 196), (237, 125, 49), (112, 173, 71), (165, 165, 165)]
+
+def _pyplot():
+    from albef.utils.visualization import _pyplot as pyplot
+
+    return pyplot()
+
+
+def bar_chart_png(rows: Sequence[dict], path: str, keys: Sequence[tuple[str, str]] = (("TR@1", "retrieval/txt_r1"), ("IR@1", "retrieval/img_r1")), title: str = "Retrieval R@1 (mean ± sd over seeds)") -> None:
+    """Grouped bars (one group per variant, one bar per key) with sd whiskers, written as PNG
+    (matplotlib, the ``report`` extra)."""
+    plt = _pyplot()
     n, k = len(rows), len(keys)
-    group_w, bar_w, left, top, bottom, right = 40 + 34 * k, 30, 60, 50, 70, 30
-    width, height = left + right + max(n, 1) * group_w, 400
-    plot_h = height - top - bottom
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    d.text((left, 15), title, fill="black", font=font)
-    vmax = 100.0
-    y = lambda v: top + plot_h * (1 - max(0.0, min(v, vmax)) / vmax)  # noqa: E731
-    for t in range(0, 101, 20):  # y grid and labels
-        d.line([(left, y(t)), (width - right, y(t))], fill=(225, 225, 225))
-        d.text((left - 30, y(t) - 6), f"{t:>3}", fill="black", font=font)
-    d.line([(left, top), (left, top + plot_h)], fill="black")
-    d.line([(left, top + plot_h), (width - right, top + plot_h)], fill="black")
-    for i, row in enumerate(rows):
-        x0 = left + i * group_w + 20
-        for j, (label, key) in enumerate(keys):
-            ms = row.get(key)
-            if ms is None:
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.45 * k * max(n, 1) + 0.3 * n), 4.0))
+    width = 0.8 / max(k, 1)
+    for j, (label, key) in enumerate(keys):
+        xs, ms, sds = [], [], []
+        for i, row in enumerate(rows):
+            if row.get(key) is None:
                 continue
-            m, s = ms
-            xa = x0 + j * 34
-            d.rectangle([xa, y(m), xa + bar_w, top + plot_h], fill=colors[j % len(colors)])
-            xc = xa + bar_w / 2
-            d.line([(xc, y(m - s)), (xc, y(m + s))], fill="black", width=2)
-            d.line([(xc - 5, y(m + s)), (xc + 5, y(m + s))], fill="black")
-            d.line([(xc - 5, y(m - s)), (xc + 5, y(m - s))], fill="black")
-        # variant name, wrapped on underscores so long names fit under the group
-        words, lines, cur = row["variant"].split("_"), [], ""
-        for w in words:
-            cand = f"{cur}_{w}" if cur else w
-            if len(cand) * 6 > group_w - 4 and cur:
-                lines.append(cur)
-                cur = w
+            xs.append(i + (j - (k - 1) / 2) * width)
+            ms.append(row[key][0])
+            sds.append(row[key][1])
+        ax.bar(xs, ms, width=width * 0.95, yerr=sds, capsize=3, color=COLORS[j % len(COLORS)], label=label, antialiased=False)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([r["variant"].replace("_", "_\n") if len(r["variant"]) > 14 else r["variant"] for r in rows], fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.grid(axis="y", color="#e1e1e1")
+    ax.set_axisbelow(True)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"variant@condition"`` -> (variant, condition); a plain name -> (name, None)."""
+    v, _, c = name.partition("@")
+    return v, (c or None)
+
+
+def condition_chart_png(rows: Sequence[dict], path: str, conditions: Sequence[str], keys: Sequence[tuple[str, str]] = (
+        ("TR@1 (ITM)", "retrieval/txt_r1"), ("IR@1 (ITM)", "retrieval/img_r1"),
+        ("TR@1 (ITC)", "retrieval_itc/txt_r1"), ("IR@1 (ITC)", "retrieval_itc/img_r1")),
+        labels: Sequence[str] | None = None, title: str = "R@1 against condition (mean ± sd over seeds)") -> None:
+    """One panel per metric key: x = the conditions in order (``labels`` names them), one
+    line per variant with sd error bars. ``rows`` are :func:`summarize` rows of
+    ``variant@condition`` names. Written as PNG (matplotlib)."""
+    plt = _pyplot()
+    variants = []
+    for r in rows:
+        v, _ = split_name(r["variant"])
+        if v not in variants:
+            variants.append(v)
+    by = {split_name(r["variant"]): r for r in rows}
+    keys = [kk for kk in keys if any(kk[1] in r for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4), squeeze=False)
+    xs = list(range(len(conditions)))
+    for ax, (label, key) in zip(axes[0], keys):
+        for j, v in enumerate(variants):
+            pts = [(x, by[(v, c)][key]) for x, c in zip(xs, conditions) if (v, c) in by and key in by[(v, c)]]
+            if not pts:
+                continue
+            off = (j - (len(variants) - 1) / 2) * 0.04  # keep overlapping error bars apart
+            ax.errorbar([x + off for x, _ in pts], [m for _, (m, _) in pts], yerr=[s for _, (_, s) in pts],
+                        marker="o", ms=4, capsize=3, color=COLORS[j % len(COLORS)], label=v)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(list(labels or conditions), fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.grid(color="#e1e1e1")
+    axes[0][0].set_ylabel("R@1 (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def r1_mean(metrics: dict, prefix: str) -> float | None:
+    """(TR@1 + IR@1) / 2 of one run under ``prefix`` (``retrieval`` or ``retrieval_itc``)."""
+    t, i = metrics.get(f"{prefix}/txt_r1"), metrics.get(f"{prefix}/img_r1")
+    return None if t is None or i is None else (t + i) / 2
+
+
+def differences(runs: Iterable[dict], baseline: str, conditions: Sequence[str | None], variants: Sequence[str],
+                prefixes: Sequence[str] = ("retrieval", "retrieval_itc")) -> list[dict]:
+    """Per condition and variant, the difference of mean R@1 ((TR@1 + IR@1) / 2) to the
+    ``baseline`` variant's: ``{variant, condition, prefix, delta, se, z, n, n_base}`` with
+    the standard error of a difference of two independent means, sqrt(s1²/n1 + s2²/n2)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        v, c = split_name(r["variant"])
+        for p in prefixes:
+            val = r1_mean(r["metrics"], p)
+            if val is not None:
+                groups.setdefault((v, c, p), []).append(val)
+    out = []
+    for c in conditions:
+        for v in variants:
+            if v == baseline:
+                continue
+            for p in prefixes:
+                a, b = groups.get((v, c, p)), groups.get((baseline, c, p))
+                if not a or not b:
+                    continue
+                (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+                se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+                d = ma - mb
+                out.append({"variant": v, "condition": c, "prefix": p, "delta": d, "se": se,
+                            "z": d / se if se > 0 else math.nan, "n": len(a), "n_base": len(b)})
+    return out
+
+
+def differences_table(diffs: Sequence[dict], baseline: str, conditions: Sequence[str | None]) -> str:
+    """Markdown: one line per (variant, R@1 kind), one column per condition (Δ ± SE, z),
+    and, with two or more conditions, the change of Δ from the first to the last condition
+    (its SE from both, as independent)."""
+    head = ["variant", "R@1"] + [f"Δ vs `{baseline}`" + ("" if c is None else f" at {c}") for c in conditions]
+    if len(conditions) > 1:
+        head.append(f"Δ at {conditions[-1]} − Δ at {conditions[0]}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    keyed = {(d["variant"], d["prefix"], d["condition"]): d for d in diffs}
+    for v, p in dict.fromkeys((d["variant"], d["prefix"]) for d in diffs):
+        kind = "ITM" if p == "retrieval" else "ITC"
+        cells = [f"`{v}`", kind]
+        for c in conditions:
+            d = keyed.get((v, p, c))
+            cells.append("n/a" if d is None else f"{d['delta']:+.1f} ± {d['se']:.1f} (z {d['z']:+.1f})")
+        if len(conditions) > 1:
+            a, b = keyed.get((v, p, conditions[0])), keyed.get((v, p, conditions[-1]))
+            if a is None or b is None:
+                cells.append("n/a")
             else:
-                cur = cand
-        lines.append(cur)
-        for li, text in enumerate(lines):
-            d.text((x0, top + plot_h + 8 + 12 * li), text, fill="black", font=font)
-    for j, (label, _) in enumerate(keys):  # legend
-        lx = width - right - 70 * (k - j)
-        d.rectangle([lx, 18, lx + 12, 30], fill=colors[j % len(colors)])
-        d.text((lx + 16, 18), label, fill="black", font=font)
-    img.save(path)
+                dd, se = b["delta"] - a["delta"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+                cells.append(f"{dd:+.1f} ± {se:.1f} (z {dd / se if se > 0 else math.nan:+.1f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

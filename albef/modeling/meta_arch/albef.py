@@ -77,6 +77,12 @@ class ALBEF(ALBEFModel):
             )
         self.teacher = teacher
         self.teacher.attach(self, self.momentum_paths())
+        own = {k: o.alpha for k, o in self.objectives.items() if getattr(o, "alpha", None)}
+        if own and self.teacher.model is None:  # e.g. NoTeacher: no EMA model to distil from
+            raise ComponentError(
+                f"model.objectives.{next(iter(own))}.alpha={next(iter(own.values()))} asks for distillation, but "
+                f"model.teacher ({type(self.teacher).__name__}) keeps no momentum model; use MomentumTeacher or set alpha: 0"
+            )
         self.fns = EncodeFns(self.encode_image, self.encode_text, self.encode_visual, self.fuse, self.head, self.prepare_visual)
 
     # ------------------------------------------------------------------ building
@@ -202,7 +208,7 @@ class ALBEF(ALBEFModel):
     def context(self, batch: dict[str, Any]) -> StepContext:
         """A StepContext over ``batch`` with this model's functions (also for evaluation)."""
         t = self.teacher
-        return StepContext(batch, self.fns, temp=self.temp, alpha=t.alpha_now, distill=t.distills, teacher_fn=t.contrastive)
+        return StepContext(batch, self.fns, temp=self.temp, alpha=t.alpha_now, distill=t.distills, ramp=t.ramp_now, teacher_fn=t.contrastive)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         ctx = self.context(batch)

@@ -31,11 +31,13 @@ class AnswerGenerationLoss(Objective):
 
     Args:
         head: key of the :class:`~albef.modeling.heads.answer_decoder.AnswerDecoder`.
+        alpha: this objective's own distillation weight (null: the teacher's).
     """
 
-    def __init__(self, weight: float = 1.0, head: str = "answer"):
+    def __init__(self, weight: float = 1.0, head: str = "answer", alpha: float | None = None):
         super().__init__(weight)
         self.head = head
+        self._set_alpha(alpha, "model.objectives.<answer generation>")
 
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
@@ -47,8 +49,8 @@ class AnswerGenerationLoss(Objective):
         q_mask = ctx.attention_mask.index_select(0, owner)
         logits = ctx.head(self.head)(ids, mask, ctx.fused().index_select(0, owner), q_mask).float()  # [A, La, V]
         nll = token_nll(logits, ids, mask)  # [A, La-1]
-        alpha = ctx.alpha
-        dec_m = ctx.head(self.head, teacher=True) if ctx.distill else None
+        alpha, distill = self.distillation(ctx)
+        dec_m = ctx.head(self.head, teacher=True) if distill else None
         if dec_m is not None:
             with torch.no_grad():
                 soft = F.softmax(dec_m(ids, mask, ctx.fused(teacher=True).index_select(0, owner), q_mask).float()[:, :-1], dim=-1)

@@ -17,9 +17,26 @@ class Objective(nn.Module):
     use. Non-loss statistics go to ``ctx.stats`` (logged, not optimised).
     """
 
+    #: This objective's own distillation weight (objectives that distil take an ``alpha``
+    #: argument): None = the teacher's alpha; a number replaces it for this objective only,
+    #: on the same ramp (``alpha * ramp(iteration)``), so ITC-MoD and MLM-MoD can be ablated
+    #: separately. 0 switches this objective's distillation off.
+    alpha: float | None = None
+
     def __init__(self, weight: float = 1.0):
         super().__init__()
         self.weight = float(weight)
+
+    def _set_alpha(self, alpha: float | None, where: str) -> None:
+        if alpha is not None:
+            alpha = float(alpha)
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"{where}.alpha must be in [0, 1] or null (the teacher's), got {alpha}")
+        self.alpha = alpha
+
+    def distillation(self, ctx: StepContext) -> tuple[float | torch.Tensor, bool]:
+        """(this step's alpha for this objective, whether to compute its distillation term)."""
+        return ctx.alpha_for(self.alpha)
 
     def heads_used(self) -> tuple[str, ...]:
         """Keys of ``model.heads`` this objective calls."""

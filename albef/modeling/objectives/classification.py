@@ -22,11 +22,13 @@ class ClassificationLoss(Objective):
     Args:
         head: key of the classifier in ``model.heads``.
         label_key: batch entry holding the class indices [B] (long).
+        alpha: this objective's own distillation weight (null: the teacher's).
     """
 
-    def __init__(self, weight: float = 1.0, head: str = "cls", label_key: str = "label"):
+    def __init__(self, weight: float = 1.0, head: str = "cls", label_key: str = "label", alpha: float | None = None):
         super().__init__(weight)
         self.head, self.label_key = head, label_key
+        self._set_alpha(alpha, "model.objectives.<classification>")
 
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
@@ -35,8 +37,8 @@ class ClassificationLoss(Objective):
         labels = ctx.batch[self.label_key]
         logits = ctx.head(self.head)(ctx.fused()[:, 0]).float()  # [B, C]
         loss = F.cross_entropy(logits, labels)
-        alpha = ctx.alpha
-        head_m = ctx.head(self.head, teacher=True) if ctx.distill else None
+        alpha, distill = self.distillation(ctx)
+        head_m = ctx.head(self.head, teacher=True) if distill else None
         if head_m is not None:
             with torch.no_grad():
                 soft = F.softmax(head_m(ctx.fused(teacher=True)[:, 0]).float(), dim=1)

@@ -18,23 +18,26 @@ def contrastive_targets(batch_size: int, num_cols: int, image_ids: torch.Tensor 
     return t
 
 
-def itc_targets(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+def itc_targets(ctx: StepContext, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ITC's target distributions (i2t, t2i), each [B, B+Q], without gradient.
 
     The ground truth (:func:`contrastive_targets`), mixed with the teacher's softmax
-    when distilling: ``alpha * softmax(sim_m) + (1 - alpha) * y`` (paper eq. 6). Public
-    for objectives that reuse ITC's targets with another loss (plugins).
+    when distilling: ``alpha * softmax(sim_m) + (1 - alpha) * y`` (paper eq. 6), where
+    alpha is the teacher's (``alpha=None``) or ``alpha * ramp`` for an objective with an
+    alpha of its own. Public for objectives that reuse ITC's targets with another loss
+    (plugins).
     """
     t = ctx.teacher
     b, n = ctx.sim_i2t.shape
     targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, ctx.sim_i2t.device)
-    if not distilling(t.alpha, ctx.distill):
+    a, flag = (t.alpha, ctx.distill) if alpha is None else ctx.alpha_for(alpha)
+    if not distilling(a, flag):
         return targets, targets
     with torch.no_grad():
         sim_i2t_m = t.image_feat_m @ t.text_feat_all.t() / ctx.temp
         sim_t2i_m = t.text_feat_m @ t.image_feat_all.t() / ctx.temp
-        return (t.alpha * F.softmax(sim_i2t_m, dim=1) + (1 - t.alpha) * targets,
-                t.alpha * F.softmax(sim_t2i_m, dim=1) + (1 - t.alpha) * targets)
+        return (a * F.softmax(sim_i2t_m, dim=1) + (1 - a) * targets,
+                a * F.softmax(sim_t2i_m, dim=1) + (1 - a) * targets)
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,14 +58,17 @@ class ITCLoss(Objective):
             feature, target 0 (a hard negative, never distilled); rows without one get
             a column the softmax ignores. A false text is only ever a negative of its
             own image: for another image of the batch it could be true.
+        alpha: ITC's own distillation weight (null: the teacher's ``alpha``; 0: ITC
+            learns from hard targets while other objectives may still distil).
     """
 
-    def __init__(self, weight: float = 1.0, text_negatives: bool = False):
+    def __init__(self, weight: float = 1.0, text_negatives: bool = False, alpha: float | None = None):
         super().__init__(weight)
         self.text_negatives = bool(text_negatives)
+        self._set_alpha(alpha, "model.objectives.itc")
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
-        tgt_i2t, tgt_t2i = itc_targets(ctx)
+        tgt_i2t, tgt_t2i = itc_targets(ctx, self.alpha)
         sim_i2t = ctx.sim_i2t
         extra = ctx.text_negatives() if self.text_negatives else None
         if extra is not None and extra.feat is not None:

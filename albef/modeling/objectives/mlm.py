@@ -76,6 +76,8 @@ class MLMLoss(Objective):
             the fusion encoder where each object is); each must be one token of the
             vocabulary. Default: none.
         replace_prob, random_prob: the 80/10/10 split.
+        alpha: MLM's own distillation weight (null: the teacher's ``alpha``; 0: hard
+            labels only, while ITC may still distil).
         head: key of the MLM head in ``model.heads``.
         Builder-supplied: vocab_size, mask_token_id, special_token_ids, vocab (token -> id).
     """
@@ -94,8 +96,10 @@ class MLMLoss(Objective):
         focus_words: Sequence[str] = (),
         focus_prob: float = 0.5,
         vocab: Mapping[str, int] | None = None,
+        alpha: float | None = None,
     ):
         super().__init__(weight)
+        self._set_alpha(alpha, "model.objectives.mlm")
         if logits not in ("masked", "all"):
             raise ValueError(f"model.objectives.mlm.logits must be 'masked' or 'all', got {logits!r}")
         self.logits = logits
@@ -142,8 +146,8 @@ class MLMLoss(Objective):
             weights = chosen.flatten().float()
         logits = ctx.head(self.head)(pick(fused)).float()
         loss = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / n
-        alpha = ctx.alpha
-        head_m = ctx.head(self.head, teacher=True) if ctx.distill else None
+        alpha, distill = self.distillation(ctx)
+        head_m = ctx.head(self.head, teacher=True) if distill else None
         if head_m is not None:
             with torch.no_grad():
                 text_m, _ = ctx.encode_text(masked_ids, mask, teacher=True)
