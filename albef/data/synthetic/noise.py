@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 from albef.data.synthetic.generated import build_dir_atomically, check_manifest, is_empty_dir
 
-__all__ = ["NOISE_KINDS", "CLUTTER_WORDS", "NoiseError", "noise_key", "make_noisy_pretrain", "parse_noise", "parse_caption"]
+__all__ = ["NOISE_KINDS", "CLUTTER_WORDS", "NoiseError", "noise_key", "make_noisy_pretrain", "parse_noise", "parse_caption", "named_objects"]
 
 NOISE_KINDS: tuple[str, ...] = ("wrong_pair", "clutter", "partial", "absent_object")
 #: Clutter words besides the world's colours and shapes: words of the vocabulary that never
@@ -99,6 +99,18 @@ def parse_caption(caption: str) -> tuple[tuple[str, str], str, tuple[str, str]] 
         return None
     c1, s1, rel, c2, s2 = m.groups()
     return (c1, s1), rel, (c2, s2)
+
+
+def named_objects(text: str) -> frozenset | None:
+    """The two ``(colour, shape)`` objects a two-object caption names, clutter aside: the
+    caption as is, or without up to two words at its ends (where ``clutter`` puts them);
+    None for anything else (a one-object caption, another sentence)."""
+    words = text.split()
+    for start, end in ((0, 0), (2, 0), (0, 2), (1, 1), (1, 0), (0, 1)):
+        p = parse_caption(" ".join(words[start:len(words) - end]))
+        if p is not None:
+            return frozenset((p[0], p[2]))
+    return None
 
 
 def _np(obj: tuple[str, str]) -> str:
