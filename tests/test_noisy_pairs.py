@@ -139,6 +139,8 @@ def test_config_noise_points_training_at_the_noisy_copy_only(synthetic_root, tmp
     ("data.synthetic.noise.clutter=1.5", ["data.synthetic.noise.clutter", "[0, 1]"]),
     ("data.synthetic.noise={wrong_pair: 0.6, partial: 0.6}", ["add up to 1.200"]),
     ("data.synthetic.noise.partial=lots", ["data.synthetic.noise.partial", "lots"]),
+    ("data.synthetic.noise.partial=true", ["data.synthetic.noise.partial", "True"]),
+    ("data.synthetic.noise=0.3", ["data.synthetic.noise must be a mapping", "0.3"]),
 ])
 def test_bad_noise_settings_name_the_key(synthetic_root, override, words):
     cfg = load_config(TINY, [f"data.synthetic.root={synthetic_root}", override])
@@ -230,8 +232,10 @@ def test_own_alpha_without_a_momentum_model_is_an_error(tiny_cfg, tokenizer):
 
     with pytest.raises(ComponentError, match=r"model.objectives.mlm.alpha=0.4.*NoTeacher"):
         build_model(tiny_cfg("model.teacher={name: NoTeacher}", "model.objectives.mlm.alpha=0.4"), tokenizer)
-    with pytest.raises(ValueError, match=r"model.objectives.itc.alpha must be in \[0, 1\]"):
-        ITCLoss(alpha=1.5)
+    with pytest.raises(ComponentError, match=r"model.objectives.itc: alpha must be a number in \[0, 1\] or null.*1.5"):
+        build_model(tiny_cfg("model.objectives.itc.alpha=1.5"), tokenizer)
+    with pytest.raises(ValueError, match="alpha must be a number"):
+        MLMLoss(alpha="0.4")
 
 
 # --------------------------------------------------------------------------- the inspection tool
@@ -341,6 +345,13 @@ def test_differences_are_means_and_standard_errors_by_hand():
     row = differences_table(d, "base", ["c0", "c1"]).splitlines()[2]
     se = math.sqrt(50 + 100)
     assert row == f"| `x` | ITM | +20.0 ± 7.1 (z +2.8) | +10.0 ± 10.0 (z +1.0) | -10.0 ± {se:.1f} (z {-10 / se:+.1f}) |"
+    # one run on a side: no spread to estimate, no standard error (not a spurious z)
+    one = differences(runs[:3], "base", ["c0"], ["base", "x"], prefixes=("retrieval",))
+    assert one[0]["delta"] == 15.0 and math.isnan(one[0]["se"])
+    assert differences_table(one, "base", ["c0"]).splitlines()[2] == "| `x` | ITM | +15.0 (SE n/a) |"
+    # variants without ITC get no ITC difference
+    no_itc = [dict(r, itc_off=r["variant"].startswith("x"), metrics=dict(r["metrics"], **{"retrieval_itc/txt_r1": 1, "retrieval_itc/img_r1": 1})) for r in runs]
+    assert {x["prefix"] for x in differences(no_itc, "base", ["c0", "c1"], ["base", "x"])} == {"retrieval"}
 
 
 def test_condition_files_become_overrides(tmp_path):
@@ -377,3 +388,17 @@ def test_sweep_over_noise_conditions_through_the_command_line(synthetic_root, tm
     table = (out / "ablation_table.md").read_text()
     assert "| `mod@noise_60` | 1 |" in table and "Δ vs `no_mod` at noise_00" in table and "| `mod` | ITM |" in table
     assert (out / "ablation_chart.png").stat().st_size > 5_000
+
+
+def test_a_failing_run_under_jobs_is_reported_and_the_others_recorded(synthetic_root, tmp_path):
+    proj = os.path.join(REPO, "projects", "noisy_pairs")
+    broken = tmp_path / "broken.yaml"  # loads, then fails in the run: its training file does not exist
+    broken.write_text(f"data:\n  train:\n    ann_files: [{tmp_path / 'missing.json'}]\n")
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, os.path.join(REPO, "tools", "run_ablation.py"), "--variants", os.path.join(proj, "configs", "mod.yaml"),
+           "--conditions", os.path.join(proj, "conditions", "noise_00.yaml"), str(broken), "--jobs", "2", "--seeds", "0",
+           "--max-iter", "2", "--base-config", TINY, "--output-dir", str(out), f"data.synthetic.root={synthetic_root}", "train.checkpoint_period=0"]
+    r = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0 and "mod@broken seed 0 failed" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    runs = [json.loads(line) for line in open(out / "runs.jsonl")]
+    assert [x["variant"] for x in runs] == ["mod@noise_00"]  # the run beside it finished and was kept

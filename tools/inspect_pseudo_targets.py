@@ -14,7 +14,7 @@ For the training set of the config (with ``data.synthetic.noise`` applied, its n
 copy), the teacher's image features (EMA weights from ``--weights``, test-time image
 transform, no augmentation) are matched against a *caption bank*: every distinct caption
 of that training set, encoded by the teacher's text encoder. This stands in for the
-queue, whose 1,024 features a checkpoint does not map back to captions; the weights are
+queue, whose features a checkpoint does not map back to captions; the weights are
 the softmax over the bank at the model's temperature (the teacher's distribution, before
 mixing with the ground truth).
 
@@ -147,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         ds = RetrievalEvalJSON(ann_file=ann_file, image_root=train.get("image_root", ""),
                                transforms=OmegaConf.to_container(cfg.data.transforms, resolve=True),
                                max_words=cfg.data.max_words, strict=True)
+        if len(ds) != len(json.load(open(ann_file, encoding="utf-8"))):
+            raise DataError("some entries have no caption")
     except (DataError, OSError, ValueError) as e:
         return fail(f"data.train.ann_files {ann_file}: {e}")
     n_all = len(ds)
     with open(ann_file, encoding="utf-8") as f:
-        entries = json.load(f)
-    if len(entries) != n_all:  # RetrievalEvalJSON keeps every entry; a mismatch means captions were dropped
-        return fail(f"{ann_file}: {len(entries)} entries but {n_all} usable images")
+        entries = json.load(f)  # entry i is image i of ds (RetrievalEvalJSON keeps every entry, in order)
 
     # What is correct: the clean captions of each image (corruptions.json for corrupted ones).
     side = os.path.join(os.path.dirname(os.path.abspath(ann_file)), "corruptions.json")
@@ -222,34 +222,28 @@ def main(argv: list[str] | None = None) -> int:
             if objs is not None and objs in by_objs:
                 names[r, by_objs[objs]] = True
     own = torch.tensor([int(top1[r]) in {bank_pos[ds.text[k]] for k in ds.img2txt[i]} for r, i in enumerate(stat_idx)], dtype=torch.float)
+    def rates(rows: list[int]) -> dict:
+        """The statistics over the pairs at ``rows`` (of stat_idx); percentages but the weight."""
+        rt = torch.tensor(rows)
+        s = {
+            "pairs": len(rows),
+            "top1_correct": float(correct[rt, top1[rt]].float().mean() * 100),
+            "top1_is_own_caption": float(own[rt].mean() * 100),
+            "weight_on_correct": float((probs[rt] * correct[rt]).sum(1).mean()),
+            "chance": float(correct[rt].float().mean(1).mean() * 100),
+        }
+        if names is not None:
+            s["top1_names_both_objects"] = float(names[rt, top1[rt]].float().mean() * 100)
+            s["chance_names_both_objects"] = float(names[rt].float().mean(1).mean() * 100)
+        return s
+
     stats: dict[str, dict] = {}
     if known or cfg.data.synthetic is not None:
         for kind in sorted(set(kinds[i] for i in stat_idx), key=lambda k: (k != "clean", k)):
-            rows = [r for r, i in enumerate(stat_idx) if kinds[i] == kind]
-            rt = torch.tensor(rows)
-            stats[kind] = {
-                "pairs": len(rows),
-                "top1_correct": float(correct[rt, top1[rt]].float().mean() * 100),
-                "top1_is_own_caption": float(own[rt].mean() * 100),
-                "weight_on_correct": float((probs[rt] * correct[rt]).sum(1).mean()),
-                "chance": float(correct[rt].float().mean(1).mean() * 100),
-            }
-            if names is not None:
-                stats[kind]["top1_names_both_objects"] = float(names[rt, top1[rt]].float().mean() * 100)
-                stats[kind]["chance_names_both_objects"] = float(names[rt].float().mean(1).mean() * 100)
+            stats[kind] = rates([r for r, i in enumerate(stat_idx) if kinds[i] == kind])
         corrupted = [r for r, i in enumerate(stat_idx) if kinds[i] != "clean"]
         if corrupted:
-            rt = torch.tensor(corrupted)
-            stats["all_corrupted"] = {
-                "pairs": len(corrupted),
-                "top1_correct": float(correct[rt, top1[rt]].float().mean() * 100),
-                "top1_is_own_caption": float(own[rt].mean() * 100),
-                "weight_on_correct": float((probs[rt] * correct[rt]).sum(1).mean()),
-                "chance": float(correct[rt].float().mean(1).mean() * 100),
-            }
-            if names is not None:
-                stats["all_corrupted"]["top1_names_both_objects"] = float(names[rt, top1[rt]].float().mean() * 100)
-                stats["all_corrupted"]["chance_names_both_objects"] = float(names[rt].float().mean(1).mean() * 100)
+            stats["all_corrupted"] = rates(corrupted)
 
     items = []
     for r in grid_local:
@@ -264,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         })
     os.makedirs(args.out, exist_ok=True)
     summary = {"config": args.config_file, "weights": args.weights, "train_file": ann_file, "corruptions": side if known else None,
-               "bank_size": len(bank), "temperature": temp, "alpha": model.teacher.alpha, "pairs": len(stat_idx), "stats": stats}
+               "bank_size": len(bank), "temperature": temp, "pairs": len(stat_idx), "stats": stats,
+               # ITC's distillation weight in training: its own alpha, or the teacher's
+               "itc_alpha": next((o.alpha if o.alpha is not None else model.teacher.alpha for k, o in model.objectives.items()
+                                  if type(o).__name__ == "ITCLoss"), None)}
     with open(os.path.join(args.out, "pseudo_targets.json"), "w", encoding="utf-8") as f:
         json.dump({**summary, "items": items}, f, indent=1)
     grid_png(items, [ds.paths[it["index"]] for it in items], os.path.join(args.out, "pseudo_targets.png"), args.top_k)

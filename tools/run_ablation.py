@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE", help="overrides for every run")
     args = p.parse_args(argv)
 
-    files = args.variants or glob.glob(os.path.join(REPO, "projects", "ablations", "configs", "*.yaml"))
+    files = [os.path.abspath(f) for f in args.variants] if args.variants else glob.glob(os.path.join(REPO, "projects", "ablations", "configs", "*.yaml"))
     if not files:
         p.error("no variant config files found")
     missing = [f for f in files + list(args.conditions or []) if not os.path.isfile(f)]
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     conditions = [variant_name(c) for c in args.conditions or []]
     if len(set(conditions)) != len(conditions):
         p.error(f"two condition files share a name: {conditions}")
+    if args.base_config:
+        args.base_config = os.path.abspath(args.base_config)
     try:
         cond_opts = {c: condition_overrides(f) for c, f in zip(conditions, args.conditions or [])}
     except (ValueError, yaml.YAMLError) as e:
@@ -200,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     run_opts = {n: opts + (cond_opts[n.split("@")[1]] if "@" in n else []) for n in names}
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
+    # The runs start in the repository root: resolve the overrides' relative paths (e.g.
+    # data.synthetic.root) there too, so the data prepared here is the data they use.
+    os.chdir(REPO)
     runs_path = os.path.join(out, "runs.jsonl")
     runs = load_runs(runs_path)
 
@@ -240,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skip {n} seed {seed}: already in {runs_path}")
                     continue
                 todo.append((n, seed))
-        threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // args.jobs) if args.jobs > 1 else None
 
         def launch(n: str, seed: int):
             run_dir = os.path.join(out, *n.split("@"), f"seed{seed}")
@@ -249,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(metrics_json):
                 os.remove(metrics_json)
             wall, rc = run_one(cfg_files[n.split("@")[0]], seed, run_dir, run_opts[n], os.path.join(run_dir, "stdout.log"), args.num_gpus, threads)
-            return n, seed, run_dir, wall, rc
+            metrics = final_metrics(metrics_json) if rc == 0 else None
+            return n, seed, run_dir, wall, rc, metrics
 
         failed = 0
         from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -257,17 +264,26 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(launch, n, s) for n, s in todo]
             for fut in as_completed(futures):  # records are written by this thread only
-                n, seed, run_dir, wall, rc = fut.result()
+                if fut.cancelled():  # not started after an earlier failure
+                    continue
+                try:
+                    n, seed, run_dir, wall, rc, metrics = fut.result()
+                except Exception as e:  # e.g. a run that exited 0 without metrics.json
+                    print(f"a run failed: {e!r}", file=sys.stderr)
+                    failed = failed or 1
+                    for f in futures:
+                        f.cancel()
+                    continue
                 if rc != 0:
                     print(f"{n} seed {seed} failed (exit {rc}); see {os.path.join(run_dir, 'stdout.log')}", file=sys.stderr)
                     failed = failed or rc
-                    for f in futures:  # start nothing new
+                    for f in futures:  # start nothing new; runs already going finish and are recorded
                         f.cancel()
                     continue
                 cfg = cfgs[n]
                 v, _, cond = n.partition("@")
                 rec = {
-                    "variant": n, "seed": seed, "wall_s": wall, "metrics": final_metrics(os.path.join(run_dir, "metrics.json")),
+                    "variant": n, "seed": seed, "wall_s": wall, "metrics": metrics,
                     "itc_off": cfg.model.objectives.get("itc") is None, "description": description(file_of[n]),
                     "max_iter": cfg.train.max_iter, "config": cfg_files[v], "opts": run_opts[n], "fingerprint": prints[n],
                     "condition": cond or None, "jobs": args.jobs,
@@ -287,12 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = markdown_table(rows)
     budget = sorted({r.get("max_iter") for r in runs if r["variant"] in wanted})
+    jobs = sorted({r.get("jobs", 1) for r in mine})
+    what = f"{len(variants)} variants x {len(conditions)} conditions" if conditions else f"{len(rows)} variants"
     header = (
-        f"Ablation: {len(rows)} variants, seeds {sorted(args.seeds)}, {budget} iterations each. "
+        f"Ablation: {what}, seeds {sorted(args.seeds)}, {budget} iterations each. "
         "Cells: mean ± sample sd over seeds. TR = text retrieval (image->text), IR = image retrieval; "
         "TR/IR: ITM re-ranking of ITC's top k (ITM over every candidate for variants without ITC); "
         "ITC: cosine similarity alone (n/a without ITC). Time: wall clock of one train_net.py run"
-        + (f" ({args.jobs} runs at once)" if args.jobs > 1 else "") + ".\n\n"
+        + (f" ({' or '.join(map(str, jobs))} runs at once)" if jobs != [1] else "") + ".\n\n"
     )
     text = header + table + "\n"
     if args.baseline is not None:

@@ -74,10 +74,14 @@ def _use_noisy_train_split(cfg: DictConfig, root: str, noise: dict) -> None:
     from albef.data.synthetic.noise import make_noisy_pretrain
     from albef.data.synthetic.shapes import synthetic_paths
 
+    from albef.data.synthetic.noise import noise_key
+
     train = cfg.data.get("train")
-    clean = os.path.normpath(os.path.abspath(synthetic_paths(root)["pretrain"]))
+    norm = lambda f: os.path.normpath(os.path.abspath(f))  # noqa: E731
+    clean = norm(synthetic_paths(root)["pretrain"])
+    noisy = norm(os.path.join(root, "noisy", noise_key(noise), "pretrain.json"))
     files = list(train.get("ann_files") or []) if train is not None else []
-    hits = [i for i, f in enumerate(files) if os.path.normpath(os.path.abspath(f)) == clean]
+    hits = [i for i, f in enumerate(files) if norm(f) in (clean, noisy)]  # noisy: prepared already
     if not hits:
         raise ComponentError(
             f"data.synthetic.noise is set, but data.train.ann_files ({files}) does not read the synthetic training "

@@ -144,7 +144,8 @@ class StepContext:
         same warm-up ramp as the teacher's alpha), distilling when ``own > 0``."""
         if own is None:
             return self.alpha, self.distill
-        return own * self.ramp, own > 0
+        alpha = own * self.ramp
+        return alpha, distilling(alpha, own > 0)
 
     def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:

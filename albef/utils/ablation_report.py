@@ -171,11 +171,15 @@ def differences(runs: Iterable[dict], baseline: str, conditions: Sequence[str | 
                 prefixes: Sequence[str] = ("retrieval", "retrieval_itc")) -> list[dict]:
     """Per condition and variant, the difference of mean R@1 ((TR@1 + IR@1) / 2) to the
     ``baseline`` variant's: ``{variant, condition, prefix, delta, se, z, n, n_base}`` with
-    the standard error of a difference of two independent means, sqrt(s1²/n1 + s2²/n2)."""
+    the standard error of a difference of two independent means, sqrt(s1²/n1 + s2²/n2)
+    (NaN when either side has a single run: no spread to estimate). Variants without ITC
+    (``itc_off``) get no ITC difference."""
     groups: dict[tuple, list[float]] = {}
     for r in runs:
         v, c = split_name(r["variant"])
         for p in prefixes:
+            if p == "retrieval_itc" and r.get("itc_off"):  # an untrained projection, as in summarize
+                continue
             val = r1_mean(r["metrics"], p)
             if val is not None:
                 groups.setdefault((v, c, p), []).append(val)
@@ -189,11 +193,19 @@ def differences(runs: Iterable[dict], baseline: str, conditions: Sequence[str | 
                 if not a or not b:
                     continue
                 (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-                se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+                # one run on either side has no spread to estimate: no standard error
+                se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b)) if min(len(a), len(b)) > 1 else math.nan
                 d = ma - mb
                 out.append({"variant": v, "condition": c, "prefix": p, "delta": d, "se": se,
                             "z": d / se if se > 0 else math.nan, "n": len(a), "n_base": len(b)})
     return out
+
+
+def _fmt_diff(delta: float, se: float) -> str:
+    """``+2.0 ± 1.0 (z +2.0)``; without a standard error (one run a side) ``+2.0 (SE n/a)``."""
+    if not math.isfinite(se):
+        return f"{delta:+.1f} (SE n/a)"
+    return f"{delta:+.1f} ± {se:.1f} (z {delta / se if se > 0 else math.nan:+.1f})"
 
 
 def differences_table(diffs: Sequence[dict], baseline: str, conditions: Sequence[str | None]) -> str:
@@ -210,13 +222,12 @@ def differences_table(diffs: Sequence[dict], baseline: str, conditions: Sequence
         cells = [f"`{v}`", kind]
         for c in conditions:
             d = keyed.get((v, p, c))
-            cells.append("n/a" if d is None else f"{d['delta']:+.1f} ± {d['se']:.1f} (z {d['z']:+.1f})")
+            cells.append("n/a" if d is None else _fmt_diff(d["delta"], d["se"]))
         if len(conditions) > 1:
             a, b = keyed.get((v, p, conditions[0])), keyed.get((v, p, conditions[-1]))
             if a is None or b is None:
                 cells.append("n/a")
             else:
-                dd, se = b["delta"] - a["delta"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
-                cells.append(f"{dd:+.1f} ± {se:.1f} (z {dd / se if se > 0 else math.nan:+.1f})")
+                cells.append(_fmt_diff(b["delta"] - a["delta"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -15,14 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from albef.utils.ablation_report import _fmt  # noqa: E402
+from albef.utils.ablation_report import mean_sd as _mean_sd  # noqa: E402
+
+
 def mean_sd(vals: list[float], digits: int = 1) -> str:
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+    """``m ± sd`` over runs (``m`` for one run)."""
+    return _fmt(_mean_sd(vals), len(vals), digits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a label and the result folders of its runs (repeat for several)")
     p.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = p.parse_args(argv)
-    lines = ["| model | pairs | n per run | teacher top-1 correct (%) | chance (%) | top-1 names both objects (%) | chance (%) | top-1 is the pair's own caption (%) | teacher weight on correct (%) |",
+    lines = ["| model | pair kind | pairs per run | teacher top-1 correct (%) | chance (%) | top-1 names both objects (%) | chance (%) | top-1 is the pair's own caption (%) | teacher weight on correct (%) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, *dirs in args.label:
         if not dirs:
@@ -43,12 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"{path} does not exist (run tools/inspect_pseudo_targets.py --out {d})")
             with open(path, encoding="utf-8") as f:
                 results.append(json.load(f)["stats"])
-        kinds = [k for k in results[0] if all(k in r for r in results)]
+        kinds = list(dict.fromkeys(k for r in results for k in r))
+        missing = [k for k in kinds if not all(k in r for r in results)]
+        if missing:
+            p.error(f"--label {label}: the runs do not all have pair kinds {missing}")
         for k in kinds:
             rows = [r[k] for r in results]
             both = all("top1_names_both_objects" in r for r in rows)
+            n = sorted({r["pairs"] for r in rows})
             lines.append(
-                f"| {label} ({len(dirs)} run{'s' if len(dirs) > 1 else ''}) | {k} | {rows[0]['pairs']} | {mean_sd([r['top1_correct'] for r in rows])} | "
+                f"| {label} ({len(dirs)} run{'s' if len(dirs) > 1 else ''}) | {k} | {'/'.join(map(str, n))} | {mean_sd([r['top1_correct'] for r in rows])} | "
                 f"{mean_sd([r['chance'] for r in rows], 2)} | "
                 + (f"{mean_sd([r['top1_names_both_objects'] for r in rows])} | {mean_sd([r['chance_names_both_objects'] for r in rows], 2)} | " if both else "n/a | n/a | ")
                 + f"{mean_sd([r['top1_is_own_caption'] for r in rows])} | {mean_sd([100 * r['weight_on_correct'] for r in rows], 2)} |"

@@ -9,12 +9,15 @@ corrupted image gets that kind of corruption):
     every caption is replaced by the captions of another image whose scene differs
     (the pair is simply wrong);
 ``clutter``
-    alt-text clutter: two words that do not describe the image are added at the start
-    or the end ("picture", "paper", "drawn", ..., or a colour or shape word); the
-    original description stays intact inside;
+    alt-text clutter: two words are added, both at the start, both at the end or one at
+    each end: words that say nothing about the image ("picture", "paper", "drawn", ...)
+    or a stray colour or shape word, as the issue's "a random colour or shape" (such a
+    word may happen to name something in the image, as a web tag would); the original
+    description stays intact inside;
 ``partial``
     one of the two objects is left out: the caption is the other object's noun phrase
-    alone ("a red circle"), true but incomplete;
+    alone ("a red circle"), true but incomplete (drawn per caption, so two paraphrases
+    of an image may both become the same phrase);
 ``absent_object``
     one of the two noun phrases is replaced by an object that is not in the image
     ("a red circle left of a green cross" for an image of a red circle and a blue
@@ -23,6 +26,11 @@ corrupted image gets that kind of corruption):
 The words come from the data set's own vocabulary (the world's colours and shapes and
 words the vocabulary already holds), so no caption falls apart into [UNK] pieces and
 ``vocab.txt`` stays the one of the clean data.
+
+Every corrupted entry keeps its image's ``image_id`` (the scene it shows): the training
+pair still *claims* that the caption belongs with that image, as a noisy web pair does,
+so ITC treats it as a positive of that image (and of other renders of the same scene)
+and a ``wrong_pair`` caption as a negative of the images it actually describes.
 
 The test split is never touched. Which images get which kind is an exact draw: for
 rates ``r_k`` and ``N`` images, ``round(r_k * N)`` images of kind ``k``, disjoint, chosen
@@ -41,6 +49,7 @@ import re
 from typing import Any, Mapping
 
 from albef.data.synthetic.generated import build_dir_atomically, check_manifest, is_empty_dir
+from albef.data.synthetic.shapes import RELATIONS, _noun_phrase, _phrase
 
 __all__ = ["NOISE_KINDS", "CLUTTER_WORDS", "NoiseError", "noise_key", "make_noisy_pretrain", "parse_noise", "parse_caption", "named_objects"]
 
@@ -51,7 +60,9 @@ CLUTTER_WORDS: tuple[str, ...] = ("picture", "paper", "drawn", "seen", "the", "o
 NOISE_FORMAT_VERSION = 1
 
 _NP = r"an? (\w+) (\w+)"
-_CAPTION_RE = re.compile(rf"^{_NP} (left of|right of|to the left of|to the right of|above|below) {_NP}$")
+# every relation phrase of the world's captions: "left of", "to the left of", "above", ...
+_REL = sorted({_phrase(r) for r in RELATIONS} | {f"to the {_phrase(r)}" for r in ("left", "right")}, key=len, reverse=True)
+_CAPTION_RE = re.compile(rf"^{_NP} ({'|'.join(_REL)}) {_NP}$")
 
 
 class NoiseError(ValueError):
@@ -63,6 +74,8 @@ def parse_noise(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
     or None when no kind has a rate above 0 (the clean data)."""
     if node is None:
         return None
+    if not isinstance(node, Mapping):
+        raise NoiseError(f"data.synthetic.noise must be a mapping {{{', '.join(f'{k}: rate' for k in NOISE_KINDS)}, seed: int}} or null, got {node!r}")
     node = dict(node)
     unknown = sorted(set(node) - set(NOISE_KINDS) - {"seed"})
     if unknown:
@@ -70,10 +83,10 @@ def parse_noise(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for k in NOISE_KINDS:
         v = node.get(k, 0.0)
-        try:
-            v = float(v if v is not None else 0.0)
-        except (TypeError, ValueError):
-            raise NoiseError(f"data.synthetic.noise.{k} must be a number in [0, 1], got {node.get(k)!r}") from None
+        v = 0.0 if v is None else v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise NoiseError(f"data.synthetic.noise.{k} must be a number in [0, 1], got {node.get(k)!r}")
+        v = float(v)
         if not 0.0 <= v <= 1.0:
             raise NoiseError(f"data.synthetic.noise.{k} must be in [0, 1], got {v}")
         out[k] = v
@@ -114,8 +127,7 @@ def named_objects(text: str) -> frozenset | None:
 
 
 def _np(obj: tuple[str, str]) -> str:
-    c, s = obj
-    return f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}"
+    return _noun_phrase(*obj)
 
 
 def _corrupt(kind: str, caps: list[str], rng: random.Random, colors: list[str], shapes: list[str],

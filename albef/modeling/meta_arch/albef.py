@@ -77,12 +77,21 @@ class ALBEF(ALBEFModel):
             )
         self.teacher = teacher
         self.teacher.attach(self, self.momentum_paths())
-        own = {k: o.alpha for k, o in self.objectives.items() if getattr(o, "alpha", None)}
-        if own and self.teacher.model is None:  # e.g. NoTeacher: no EMA model to distil from
-            raise ComponentError(
-                f"model.objectives.{next(iter(own))}.alpha={next(iter(own.values()))} asks for distillation, but "
-                f"model.teacher ({type(self.teacher).__name__}) keeps no momentum model; use MomentumTeacher or set alpha: 0"
-            )
+        for key, obj in self.objectives.items():  # an objective's own alpha > 0 must have something to distil from
+            a = getattr(obj, "alpha", None)
+            if not a:
+                continue
+            if self.teacher.model is None:  # e.g. NoTeacher
+                raise ComponentError(
+                    f"model.objectives.{key}.alpha={a} asks for distillation, but model.teacher "
+                    f"({type(self.teacher).__name__}) keeps no momentum model; use MomentumTeacher or set alpha: 0"
+                )
+            no_copy = [h for h in obj.heads_used() if not self.teacher.has(f"heads.{h}")]
+            if no_copy:
+                raise ComponentError(
+                    f"model.objectives.{key}.alpha={a} asks for distillation, but the teacher keeps no EMA copy of "
+                    f"model.heads.{no_copy[0]} (a head built with momentum: false); set alpha: 0 or null"
+                )
         self.fns = EncodeFns(self.encode_image, self.encode_text, self.encode_visual, self.fuse, self.head, self.prepare_visual)
 
     # ------------------------------------------------------------------ building
@@ -113,11 +122,15 @@ class ALBEF(ALBEFModel):
         for key, node in (objectives or {}).items():
             if node is None:
                 continue  # switched off with model.objectives.<key>=null
-            objs[key] = build_component(
-                OBJECTIVE_REGISTRY, node, where=f"model.objectives.{key}",
-                vocab_size=word_emb.shape[0], mask_token_id=mask_token_id, pad_token_id=pad_token_id,
-                special_token_ids=tuple(special_token_ids), hidden_size=txt.hidden_size, embed_dim=embed_dim, vocab=vocab,
-            )
+            try:
+                objs[key] = build_component(
+                    OBJECTIVE_REGISTRY, node, where=f"model.objectives.{key}",
+                    vocab_size=word_emb.shape[0], mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                    special_token_ids=tuple(special_token_ids), hidden_size=txt.hidden_size, embed_dim=embed_dim, vocab=vocab,
+                )
+            except ValueError as e:  # a bad value: name the objective's key if the message does not
+                msg = str(e)
+                raise ComponentError(msg if f"model.objectives.{key}" in msg else f"model.objectives.{key}: {msg}") from e
         if not objs:
             raise ValueError("model.objectives: every objective is switched off; nothing to train")
         used = {k for o in objs.values() for k in o.heads_used()}

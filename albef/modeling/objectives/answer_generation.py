@@ -37,7 +37,7 @@ class AnswerGenerationLoss(Objective):
     def __init__(self, weight: float = 1.0, head: str = "answer", alpha: float | None = None):
         super().__init__(weight)
         self.head = head
-        self._set_alpha(alpha, "model.objectives.<answer generation>")
+        self._set_alpha(alpha)
 
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)

@@ -27,11 +27,11 @@ class Objective(nn.Module):
         super().__init__()
         self.weight = float(weight)
 
-    def _set_alpha(self, alpha: float | None, where: str) -> None:
+    def _set_alpha(self, alpha: float | None) -> None:
         if alpha is not None:
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+                raise ValueError(f"alpha must be a number in [0, 1] or null (the teacher's), got {alpha!r}")
             alpha = float(alpha)
-            if not 0.0 <= alpha <= 1.0:
-                raise ValueError(f"{where}.alpha must be in [0, 1] or null (the teacher's), got {alpha}")
         self.alpha = alpha
 
     def distillation(self, ctx: StepContext) -> tuple[float | torch.Tensor, bool]:

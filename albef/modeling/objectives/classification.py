@@ -28,7 +28,7 @@ class ClassificationLoss(Objective):
     def __init__(self, weight: float = 1.0, head: str = "cls", label_key: str = "label", alpha: float | None = None):
         super().__init__(weight)
         self.head, self.label_key = head, label_key
-        self._set_alpha(alpha, "model.objectives.<classification>")
+        self._set_alpha(alpha)
 
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)

@@ -65,7 +65,7 @@ class ITCLoss(Objective):
     def __init__(self, weight: float = 1.0, text_negatives: bool = False, alpha: float | None = None):
         super().__init__(weight)
         self.text_negatives = bool(text_negatives)
-        self._set_alpha(alpha, "model.objectives.itc")
+        self._set_alpha(alpha)
 
     def forward(self, ctx: StepContext) -> torch.Tensor:
         tgt_i2t, tgt_t2i = itc_targets(ctx, self.alpha)

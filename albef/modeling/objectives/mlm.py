@@ -99,7 +99,7 @@ class MLMLoss(Objective):
         alpha: float | None = None,
     ):
         super().__init__(weight)
-        self._set_alpha(alpha, "model.objectives.mlm")
+        self._set_alpha(alpha)
         if logits not in ("masked", "all"):
             raise ValueError(f"model.objectives.mlm.logits must be 'masked' or 'all', got {logits!r}")
         self.logits = logits

@@ -61,7 +61,6 @@ class Teacher(nn.Module):
         self._alpha_value = float(alpha)
         # the ramp factor itself, for objectives with an alpha of their own (model.objectives.<k>.alpha)
         self.register_buffer("ramp_now", torch.tensor(1.0), persistent=False)
-        self._ramp_value = 1.0
         self.model: nn.ModuleDict | None = None
         self.paths: list[str] = []
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -114,14 +113,8 @@ class Teacher(nn.Module):
         return self.alpha > 0 or self._alpha_value > 0
 
     def set_alpha_scale(self, scale: float) -> None:
-        self._ramp_value = float(scale)
         self.ramp_now.fill_(float(scale))  # in place, as alpha_now
         self.current_alpha = self.alpha * float(scale)
-
-    @property
-    def current_ramp(self) -> float:
-        """This step's ramp factor (alpha_now / alpha) as a Python float."""
-        return self._ramp_value
 
     # ------------------------------------------------------------------ weights
     def _param_pairs(self, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
