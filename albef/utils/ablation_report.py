@@ -88,6 +88,19 @@ def _pyplot():
     return pyplot()
 
 
+def _wrap(name: str, width: int = 16) -> str:
+    """A long variant name broken after underscores into lines of about ``width`` characters."""
+    lines, cur = [], ""
+    for part in name.split("_"):
+        cand = f"{cur}_{part}" if cur else part
+        if cur and len(cand) > width:
+            lines.append(cur + "_")
+            cur = part
+        else:
+            cur = cand
+    return "\n".join(lines + [cur])
+
+
 def bar_chart_png(rows: Sequence[dict], path: str, keys: Sequence[tuple[str, str]] = (("TR@1", "retrieval/txt_r1"), ("IR@1", "retrieval/img_r1")), title: str = "Retrieval R@1 (mean ± sd over seeds)") -> None:
     """Grouped bars (one group per variant, one bar per key) with sd whiskers, written as PNG
     (matplotlib, the ``report`` extra)."""
@@ -105,7 +118,7 @@ def bar_chart_png(rows: Sequence[dict], path: str, keys: Sequence[tuple[str, str
             sds.append(row[key][1])
         ax.bar(xs, ms, width=width * 0.95, yerr=sds, capsize=3, color=COLORS[j % len(COLORS)], label=label, antialiased=False)
     ax.set_xticks(range(n))
-    ax.set_xticklabels([r["variant"].replace("_", "_\n") if len(r["variant"]) > 14 else r["variant"] for r in rows], fontsize=7)
+    ax.set_xticklabels([_wrap(r["variant"]) for r in rows], fontsize=7)
     ax.set_ylim(0, 100)
     ax.set_ylabel("%")
     ax.grid(axis="y", color="#e1e1e1")
