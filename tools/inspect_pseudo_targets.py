@@ -114,15 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
     from torch.utils.data import DataLoader
 
-    from albef.checkpoint import ALBEFCheckpointer
     from albef.config import load_config
     from albef.data.build import prepare_synthetic
     from albef.data.datasets.base import DataError
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
     from albef.data.text import pre_caption
-    from albef.data.tokenization import build_tokenizer
     from albef.evaluation.retrieval import encode_images, encode_texts
-    from albef.modeling import build_model
+    from albef.modeling.build import build_model_from_weights
     from albef.registry import ComponentError
 
     def fail(msg: str) -> int:
@@ -144,16 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"data.train.ann_files must name one pretraining JSON file here, got {files}")
     ann_file = files[0]
     try:
+        with open(ann_file, encoding="utf-8") as f:
+            entries = json.load(f)  # entry i is image i of ds
         ds = RetrievalEvalJSON(ann_file=ann_file, image_root=train.get("image_root", ""),
                                transforms=OmegaConf.to_container(cfg.data.transforms, resolve=True),
                                max_words=cfg.data.max_words, strict=True)
-        if len(ds) != len(json.load(open(ann_file, encoding="utf-8"))):
+        if len(ds) != len(entries):
             raise DataError("some entries have no caption")
     except (DataError, OSError, ValueError) as e:
         return fail(f"data.train.ann_files {ann_file}: {e}")
     n_all = len(ds)
-    with open(ann_file, encoding="utf-8") as f:
-        entries = json.load(f)  # entry i is image i of ds (RetrievalEvalJSON keeps every entry, in order)
 
     # What is correct: the clean captions of each image (corruptions.json for corrupted ones).
     side = os.path.join(os.path.dirname(os.path.abspath(ann_file)), "corruptions.json")
@@ -168,16 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     elif cfg.data.synthetic is None:
         print(f"note: no corruptions.json beside {ann_file}: reporting the teacher's top texts only")
 
-    tok = build_tokenizer(cfg.data.tokenizer)
-    model = build_model(cfg, tok)
-    ALBEFCheckpointer(model).load_weights(args.weights, strict=bool(cfg.model.weights_strict))
+    model, tok, device, amp = build_model_from_weights(cfg, args.weights)
     if model.teacher.model is None:
         return fail(f"model.teacher ({type(model.teacher).__name__}) keeps no momentum model: there is no teacher to inspect")
     if model.temp is None:
         return fail("the model has no ITC projections (model.embed_dim: null): the teacher gives no contrastive targets")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    amp = device.type == "cuda" and cfg.train.amp != "off" and torch.cuda.is_bf16_supported()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
     # the pairs in the statistics, and the grid's images among them

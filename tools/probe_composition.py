@@ -72,14 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from omegaconf import OmegaConf
 
-    from albef.checkpoint import ALBEFCheckpointer
     from albef.config import load_config
     from albef.data.caption_edits import EditRulesError, load_edit_rules
     from albef.data.datasets.base import DataError
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
-    from albef.data.tokenization import build_tokenizer
     from albef.evaluation.composition import evaluate_composition, world_manifest
-    from albef.modeling import build_model
+    from albef.modeling.build import build_model_from_weights
     from torch.utils.data import DataLoader
 
     def fail(msg: str) -> int:
@@ -110,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                max_words=cfg.data.max_words, strict=True)
     except (DataError, OSError, ValueError) as e:
         return fail(f"--test {args.test}: {e}")
-    tok = build_tokenizer(cfg.data.tokenizer)
-    model = build_model(cfg, tok)
-    ALBEFCheckpointer(model).load_weights(args.weights, strict=bool(cfg.model.weights_strict))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    # bf16 as training has it: auto = on a CUDA device that supports it
-    amp = device.type == "cuda" and cfg.train.amp != "off" and torch.cuda.is_bf16_supported()
+    model, tok, device, amp = build_model_from_weights(cfg, args.weights)
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, num_workers=0, collate_fn=lambda b: {
         "image": torch.stack([s["image"] for s in b]), "index": torch.tensor([s["index"] for s in b])})
     try:

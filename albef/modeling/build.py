@@ -56,3 +56,24 @@ def build_model(cfg: DictConfig, tokenizer: Any = None, public_init: bool | None
 
         initialize_public_weights(model, vision=sources.get("vision_encoder"), text=sources.get("text_encoder"))
     return model
+
+
+def build_model_from_weights(cfg: DictConfig, weights: str, strict: bool | None = None):
+    """For tools that analyse a trained checkpoint: ``(model, tokenizer, device, amp)``.
+
+    The config's tokenizer and model, ``weights`` loaded (ours or an official file; strict
+    unless ``model.weights_strict=false`` or ``strict`` says otherwise), moved to CUDA when
+    there is one and put in eval mode; ``amp``: bf16 as training has it (auto = on a CUDA
+    device that supports it, never on the CPU)."""
+    import torch
+
+    from albef.checkpoint import ALBEFCheckpointer
+    from albef.data.tokenization import build_tokenizer
+
+    tok = build_tokenizer(cfg.data.tokenizer)
+    model = build_model(cfg, tok)
+    ALBEFCheckpointer(model).load_weights(weights, strict=bool(cfg.model.weights_strict) if strict is None else strict)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    amp = device.type == "cuda" and cfg.train.amp != "off" and torch.cuda.is_bf16_supported()
+    return model, tok, device, amp

@@ -27,13 +27,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from albef.checkpoint import ALBEFCheckpointer
     from albef.config import load_config
     from albef.data.datasets.base import read_json_list
     from albef.data.text import pre_caption
-    from albef.data.tokenization import build_tokenizer
     from albef.evaluation.retrieval import encode_texts
-    from albef.modeling import build_model
+    from albef.modeling.build import build_model_from_weights
 
     print("| run | mean cosine between different test captions | minimum |")
     print("|---|---|---|")
@@ -47,14 +45,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{cfg_file}: data.test names no ann_file")
         texts = sorted({pre_caption(c, cfg.data.max_words) for e in read_json_list(cfg.data.test.ann_file)
                         for c in (e["caption"] if isinstance(e["caption"], list) else [e["caption"]])})
-        tok = build_tokenizer(cfg.data.tokenizer)
-        model = build_model(cfg, tok)
-        ALBEFCheckpointer(model).load_weights(weights)
-        model.eval()
+        model, tok, device, amp = build_model_from_weights(cfg, weights, strict=True)
         with torch.no_grad():
-            _, _, feat = encode_texts(model, tok, texts, cfg.data.max_tokens, 256, "cpu", torch.autocast("cpu", enabled=False), cfg.data.tokenization)
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+            _, _, feat = encode_texts(model, tok, texts, cfg.data.max_tokens, 256, device, autocast, cfg.data.tokenization)
         if feat is None:
             p.error(f"{run}: the model has no ITC projections")
+        feat = feat.float().cpu()
         sim = feat @ feat.t()
         off = sim[~torch.eye(len(texts), dtype=torch.bool)]
         print(f"| {run} | {off.mean():.3f} | {off.min():.3f} |")
