@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,11 @@ class ALBEFCheckpointer(Checkpointer):
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Like fvcore's, but atomic: a run killed while saving leaves the previous checkpoint intact."""
+        for obj in self.checkpointables.values():
+            # a sharded optimizer (ZeroRedundancyOptimizer) gathers its state on rank 0 first:
+            # collective, so before the other ranks return
+            if hasattr(obj, "consolidate_state_dict"):
+                obj.consolidate_state_dict(to=0)
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
@@ -141,6 +147,40 @@ class ALBEFCheckpointer(Checkpointer):
             torch.save(data, f)
         os.replace(tmp, save_file)
         self.tag_last_checkpoint(basename)
+
+    def resume_candidates(self) -> list[str]:
+        """The checkpoints ``--resume`` may continue from, newest first: ``model_final.pth``,
+        then ``model_XXXXXXX.pth`` by iteration, then the file ``last_checkpoint`` names (when
+        it is another name); never a ``.tmp`` file being written, nor ``model_best.pth``
+        (written out of order, without the training state)."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        names = os.listdir(self.save_dir)
+        numbered = sorted((n for n in names if re.fullmatch(r"model_\d+\.pth", n)), key=lambda n: int(n[6:-4]), reverse=True)
+        out = (["model_final.pth"] if "model_final.pth" in names else []) + numbered
+        tag = os.path.join(self.save_dir, "last_checkpoint")
+        if os.path.isfile(tag):
+            tagged = open(tag).read().strip()
+            if tagged and tagged not in out and tagged != "model_best.pth" and os.path.isfile(os.path.join(self.save_dir, tagged)):
+                out.append(tagged)
+        return [os.path.join(self.save_dir, n) for n in out]
+
+    def load_newest_complete(self, checkpointables: list[str] | None = None) -> tuple[str, dict[str, Any]] | None:
+        """Load the newest checkpoint that reads completely (:meth:`resume_candidates`): a file
+        cut short (a node lost while it was copied or written on a file system without atomic
+        renames) is skipped with a warning naming it, and the next older one is tried. Nothing
+        is changed by a file that fails: it is read whole before any state is set.
+        Returns (path, extra entries) or None when there is no usable checkpoint."""
+        for path in self.resume_candidates():
+            try:
+                extra = self.load(path, checkpointables=checkpointables)
+            except (CheckpointFormatError, RuntimeError, EOFError, OSError) as e:
+                if isinstance(e, CheckpointMismatchError) and not isinstance(e, CheckpointFormatError):
+                    raise  # a complete file of another model: an error, not a file to skip
+                logger.warning("--resume: skipping %s, which cannot be read completely (%s)", path, str(e).splitlines()[0][:300])
+                continue
+            return path, extra
+        return None
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

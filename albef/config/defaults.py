@@ -77,7 +77,9 @@ _DEFAULTS: dict[str, Any] = {
         # when the step is compiled, else longest)
         "padding": "auto",
         # training DataLoader settings (workers: data.num_workers); pin_memory auto = on CUDA
-        "loader": {"prefetch_factor": 4, "pin_memory": None, "persistent_workers": True},  # pin_memory null: auto
+        # name: the loader builder (LOADER_REGISTRY): auto = the dataset's own (MapStyleLoader for
+        # map-style datasets such as PretrainJSON, StreamingLoader for WebDatasetPretrain)
+        "loader": {"name": "auto", "prefetch_factor": 4, "pin_memory": None, "persistent_workers": True},  # pin_memory null: auto
         "strict": False,  # true: a bad image or caption stops the run; false: skipped, counted, logged
         "image_ids": True,  # give same-image captions the same id (ITC positives, ITM exclusions)
         # turns a list of samples into a batch, tokenising the dataset's text field
@@ -126,7 +128,22 @@ _DEFAULTS: dict[str, Any] = {
         "compile": None,
         "compile_mode": None,  # torch.compile mode: null (default), reduce-overhead (CUDA graphs), max-autotune
         "compile_backend": "inductor",
+        # optimizer steps are iterations; each is grad_accum_steps micro-batches of batch_size
+        # per process (effective batch = batch_size x grad_accum_steps x processes), with one
+        # optimizer step, one teacher EMA update and the enqueue of every micro-batch's momentum
+        # features after it; ITC/ITM negatives come from the micro-batch (see the README)
+        "grad_accum_steps": 1,
+        # a non-finite loss or gradient norm: stop (raise, naming the iteration, the loss terms
+        # and the batch's samples) or skip (no optimizer step, no EMA/queue update; counted as
+        # skipped_steps in metrics.json). skip reads the flag every step (one host sync).
+        "nonfinite": "stop",
         "checkpoint_period": 5000,
+        "checkpoint_minutes": None,  # also checkpoint every this many minutes of training (null: off)
+        # these signals finish the step, write a checkpoint and exit 0 (preemptible clusters)
+        "preemption_signals": ["SIGTERM", "SIGUSR1"],
+        # none, or zero: torch.distributed.optim.ZeroRedundancyOptimizer (optimizer state sharded
+        # across processes; a no-op on one process)
+        "optimizer_sharding": "none",
         "max_to_keep": 3,
         "eval_period": 0,  # 0: evaluate only at the end
         # keep model_best.pth by this metric of the evaluators (e.g. retrieval_val/r_mean); null: none

@@ -98,7 +98,22 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
         (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps, fused=fused or None)
+    kwargs = dict(lr=cfg.train.lr, betas=tuple(cfg.train.betas), eps=cfg.train.eps, fused=fused or None)
+    sharding = cfg.train.get("optimizer_sharding", "none")
+    if sharding in (None, "none"):
+        return torch.optim.AdamW(groups, **kwargs)
+    if sharding != "zero":
+        raise ValueError(f"train.optimizer_sharding must be none or zero, got {sharding!r}")
+    if comm.get_world_size() == 1:
+        logger.info("train.optimizer_sharding=zero on one process: nothing to shard, plain AdamW")
+        return torch.optim.AdamW(groups, **kwargs)
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    # Each rank keeps the AdamW moments of its own share of the parameters and updates that
+    # share; the new values are broadcast after the step. Checkpoints hold the consolidated
+    # state (ALBEFCheckpointer.save gathers it on rank 0), so a run resumes with or without it.
+    groups = [g for g in groups if g["params"]]
+    return ZeroRedundancyOptimizer(groups, optimizer_class=torch.optim.AdamW, **kwargs)
 
 
 def build_lr_scheduler(cfg: DictConfig) -> ParamScheduler:
@@ -145,16 +160,22 @@ class DefaultTrainer:
         self.checkpointer = ALBEFCheckpointer(self.model, cfg.output_dir, optimizer=self.optimizer)
         seed_all(cfg.train.seed + comm.get_rank())
         self.start_iter = 0
-        self.global_batch = cfg.train.batch_size * comm.get_world_size()
+        self.grad_accum_steps = int(cfg.train.grad_accum_steps)
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"train.grad_accum_steps must be >= 1, got {cfg.train.grad_accum_steps!r}")
+        # pairs per optimizer step over all processes (the micro-batches of an accumulated step)
+        self.global_batch = cfg.train.batch_size * self.grad_accum_steps * comm.get_world_size()
+        self.loader_state: list | None = None  # every rank's streaming-loader position, from --resume
         ramp = cfg.train.alpha_warmup_iters
         if ramp is not None:
             self.alpha_ramp_iters = int(ramp)
         elif self.train_set is None:
             self.alpha_ramp_iters = 0
-        elif hasattr(self.train_set, "__len__"):  # one epoch
-            self.alpha_ramp_iters = math.ceil(len(self.train_set) / self.global_batch)
+        elif data_build.epoch_size(self.train_set) is not None:  # one epoch
+            self.alpha_ramp_iters = math.ceil(data_build.epoch_size(self.train_set) / self.global_batch)
         else:
-            raise ValueError("train.alpha_warmup_iters must be set for a training set without a length (streaming)")
+            raise ValueError("train.alpha_warmup_iters must be set: the training set does not know its size "
+                             "(a streaming dataset without an index), so the ramp cannot be one epoch")
 
     # ------------------------------------------------------------------ builders (override in a task's trainer)
     @classmethod
@@ -181,6 +202,8 @@ class DefaultTrainer:
 
     @classmethod
     def build_train_loader(cls, cfg: DictConfig, dataset, tokenizer, start_iter: int = 0):
+        """The ``data.loader`` builder's loader (LOADER_REGISTRY) over ``dataset``, positioned
+        after ``start_iter`` iterations."""
         return data_build.build_train_loader(cfg, dataset, tokenizer, start_iter=start_iter)
 
     @classmethod
@@ -231,12 +254,15 @@ class DefaultTrainer:
 
     # ------------------------------------------------------------------ state
     def resume_or_load(self, resume: bool = True) -> int:
-        """``--resume``: continue from ``output_dir/last_checkpoint`` (model, optimizer, iteration,
-        RNG, data position). Otherwise ``model.weights`` (if set) initialises the model."""
-        if resume and self.checkpointer.has_checkpoint():
-            path = self.checkpointer.get_checkpoint_file()
-            extra = self.checkpointer.load(path, checkpointables=["optimizer"])
+        """``--resume``: continue from the newest complete checkpoint of ``output_dir`` (model,
+        optimizer, iteration, RNG, data position; a half-written or unreadable file is skipped
+        with a warning, see :meth:`ALBEFCheckpointer.load_newest_complete`). Otherwise
+        ``model.weights`` (if set) initialises the model."""
+        found = self.checkpointer.load_newest_complete(checkpointables=["optimizer"]) if resume else None
+        if found is not None:
+            path, extra = found
             self.start_iter = int(extra.get("iteration", -1)) + 1
+            self.loader_state = extra.get("loader_state")
             rngs = extra.get("rng")
             if rngs and len(rngs) == comm.get_world_size():
                 set_rng_state(rngs[comm.get_rank()])
@@ -261,11 +287,17 @@ class DefaultTrainer:
             logger.info("Initialised the model from %s", w)
 
     def checkpoint_extra(self, iteration: int) -> dict[str, Any]:
-        """Saved beside model/optimizer/iteration/rng: the config and the samples consumed so far."""
-        return {
+        """Saved beside model/optimizer/iteration/rng: the config, the samples consumed so far and,
+        for a loader with a position of its own (streaming shards), every rank's position
+        (collective: every rank calls it)."""
+        extra = {
             "config": OmegaConf.to_yaml(OmegaConf.create(config_to_dict(self.cfg))),
             "data_position": (iteration + 1) * self.global_batch,
         }
+        loader = getattr(self, "train_loader", None)
+        if loader is not None and hasattr(loader, "state_dict"):
+            extra["loader_state"] = comm.all_gather_object(loader.state_dict())
+        return extra
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -296,7 +328,8 @@ class DefaultTrainer:
             H.IterationTimer(),
             H.LRScheduler(self.build_lr_scheduler(cfg)),
             H.AlphaRamp(self.alpha_ramp_iters),
-            H.PeriodicCheckpointer(self.checkpointer, cfg.train.checkpoint_period, cfg.train.max_to_keep, self.checkpoint_extra),
+            H.PeriodicCheckpointer(self.checkpointer, cfg.train.checkpoint_period, cfg.train.max_to_keep, self.checkpoint_extra,
+                                   minutes=cfg.train.checkpoint_minutes, signals=H.PreemptionSignals(cfg.train.preemption_signals or [])),
             H.EvalHook(cfg.train.eval_period, self.evaluate, on_results=[best] if best else []) if self.evaluators else None,
             H.PeriodicWriter(writers, cfg.train.log_period),
         ]
@@ -320,6 +353,7 @@ class DefaultTrainer:
         trainer = SimpleTrainer(
             model, loader, self.optimizer, device=self.device, amp=self.amp,
             clip_grad=cfg.train.clip_grad, global_batch=self.global_batch, compile=compile_kwargs,
+            grad_accum_steps=self.grad_accum_steps, nonfinite=cfg.train.nonfinite,
         )
         trainer.register_hooks(self.build_hooks())
         return trainer
@@ -329,6 +363,11 @@ class DefaultTrainer:
         if self.train_set is None:
             raise RuntimeError("this trainer was built with eval_only=True: it has no training data")
         loader = self.build_train_loader(cfg, self.train_set, self.tokenizer, start_iter=self.start_iter)
+        if self.start_iter > 0 and hasattr(loader, "load_state_dict"):
+            states = self.loader_state
+            ok = isinstance(states, list) and len(states) == comm.get_world_size()
+            loader.load_state_dict(states[comm.get_rank()] if ok else None, start_iter=self.start_iter)
+        self.train_loader = loader
         trainer = self.build_trainer(loader)
         trainer.train(self.start_iter, cfg.train.max_iter)
         ev = [h for h in trainer._hooks if isinstance(h, H.EvalHook)]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -68,24 +70,118 @@ class AlphaRamp(HookBase):
         t.storage.put_scalar("alpha", model.distillation_alpha, smoothing_hint=False)
 
 
+def check_nonfinite(trainer) -> None:
+    """The trainer's pending non-finite check (``train.nonfinite=stop``), before anything
+    that keeps the weights or the logged losses (a checkpoint, an evaluation, a log line)."""
+    fn = getattr(trainer, "check_nonfinite", None)
+    if fn is not None:
+        fn()
+
+
+class PreemptionSignals:
+    """Records that one of ``names`` (e.g. SIGTERM, SIGUSR1) arrived; installed for the
+    training loop and restored after it. The handler only sets a flag: the step in flight
+    finishes, then :class:`PeriodicCheckpointer` writes a checkpoint and ends the run."""
+
+    def __init__(self, names: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
+        self.signums = []
+        for n in names or []:
+            num = getattr(signal, str(n).upper(), None)
+            if not isinstance(num, signal.Signals):
+                raise ValueError(f"train.preemption_signals: unknown signal {n!r} (e.g. SIGTERM, SIGUSR1)")
+            self.signums.append(num)
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is None:
+            logger.warning("Received %s: finishing this step, then writing a checkpoint and exiting", name)
+        self.received = name
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Not in the main thread: preemption signals are not handled")
+            return
+        for num in self.signums:
+            self._previous[num] = signal.signal(num, self._handler)
+
+    def restore(self) -> None:
+        for num, prev in self._previous.items():
+            signal.signal(num, prev)
+        self._previous.clear()
+
+
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_XXXXXXX.pth`` every ``period`` iterations and ``model_final.pth`` at the end
-    (fvcore's PeriodicCheckpointer), with RNG states of every rank and the data position."""
+    (fvcore's PeriodicCheckpointer), with RNG states of every rank and the data position.
 
-    def __init__(self, checkpointer, period: int, max_to_keep: int | None, extra: Callable[[int], dict[str, Any]]):
+    Also, beside the iteration period: every ``minutes`` of training (time-based), and when a
+    preemption signal arrives (``signals``, a :class:`PreemptionSignals`): then it writes the
+    checkpoint of the iteration just finished and asks the trainer to stop (the run exits 0;
+    ``--resume`` continues it). Under several processes the decision is rank 0's clock or any
+    rank's signal, agreed on by one small all-reduce per step, since saving is collective.
+    """
+
+    def __init__(self, checkpointer, period: int, max_to_keep: int | None, extra: Callable[[int], dict[str, Any]],
+                 minutes: float | None = None, signals: PreemptionSignals | None = None):
         self.checkpointer = checkpointer
         self.period = period
         self.max_to_keep = max_to_keep
         self.extra = extra
+        if minutes is not None and not float(minutes) > 0:
+            raise ValueError(f"train.checkpoint_minutes must be > 0 or null, got {minutes!r}")
+        self.minutes = float(minutes) if minutes is not None else None
+        self.signals = signals
+        self._group = None
 
     def before_train(self) -> None:
         self._fv = _FvPeriodicCheckpointer(self.checkpointer, self.period or 10**12, max_iter=self.trainer.max_iter, max_to_keep=self.max_to_keep)
+        self._last_save = time.monotonic()
+        if comm.get_world_size() > 1:
+            import torch.distributed as dist
+
+            # the flags travel as CPU tensors: a gloo group beside an NCCL one
+            self._group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        if self.signals is not None:
+            self.signals.install()
+
+    def after_train(self) -> None:
+        if self.signals is not None:
+            self.signals.restore()
+
+    def _requests(self) -> tuple[bool, bool]:
+        """(time to save, preemption requested), the same on every rank."""
+        timed = self.minutes is not None and comm.is_main_process() and time.monotonic() - self._last_save >= self.minutes * 60
+        preempt = self.signals is not None and self.signals.received is not None
+        if comm.get_world_size() > 1:
+            import torch.distributed as dist
+
+            flags = torch.tensor([timed, preempt], dtype=torch.int32)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
+            timed, preempt = bool(flags[0]), bool(flags[1])
+        return timed, preempt
+
+    def _save(self, it: int) -> None:
+        check_nonfinite(self.trainer)
+        self._fv.step(it, rng=gather_rng_states(), **self.extra(it))
+        self._last_save = time.monotonic()
 
     def after_step(self) -> None:
         it = self.trainer.iter
         due = (self.period and (it + 1) % self.period == 0) or it >= self.trainer.max_iter - 1
+        timed, preempt = self._requests()
         if due:
-            self._fv.step(it, rng=gather_rng_states(), **self.extra(it))
+            self._save(it)
+        elif timed or preempt:
+            check_nonfinite(self.trainer)
+            self.checkpointer.save(f"model_{it:07d}", iteration=it, rng=gather_rng_states(), **self.extra(it))
+            self._last_save = time.monotonic()
+        if preempt and it < self.trainer.max_iter - 1:
+            why = self.signals.received or "another rank's signal"
+            logger.warning("Preempted (%s): checkpoint of iteration %d written to %s; continue with --resume",
+                           why, it, self.checkpointer.save_dir)
+            self.trainer.stop_requested = True
 
 
 class EvalHook(HookBase):
@@ -100,6 +196,7 @@ class EvalHook(HookBase):
         self.latest: dict[str, float] | None = None
 
     def _run(self) -> None:
+        check_nonfinite(self.trainer)
         results = self.eval_fn()
         self.latest = results
         s = self.trainer.storage
@@ -152,11 +249,13 @@ class PeriodicWriter(HookBase):
         self.writers = writers
         self.period = max(int(period), 1)
 
-    def _write(self) -> None:
+    def _write(self, check: bool = True) -> None:
+        if check:
+            check_nonfinite(self.trainer)  # its message names the iteration, terms and samples
         storage = self.trainer.storage
         storage.flush()
         hist = storage.histories()
-        if "total_loss" in hist and hist["total_loss"].values():
+        if check and "total_loss" in hist and hist["total_loss"].values():
             v, it = hist["total_loss"].values()[-1]
             if not math.isfinite(v):
                 raise FloatingPointError(f"Loss became infinite or NaN at iteration {it}: {storage.latest()}")
@@ -172,6 +271,7 @@ class PeriodicWriter(HookBase):
                 self._last_dropped_it = dropped.values()[-1][1]
         for w in self.writers:
             w.write()
+        self._last_written = self.trainer.iter
 
     def after_step(self) -> None:
         if (self.trainer.iter + 1) % self.period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
@@ -179,7 +279,10 @@ class PeriodicWriter(HookBase):
 
     def after_train(self) -> None:
         try:
-            self._write()
+            # no loss check here: the last step was checked by after_step, and a run that
+            # stopped on an error must report that error, not a second one
+            if self.trainer.iter != getattr(self, "_last_written", None):
+                self._write(check=False)
         finally:
             for w in self.writers:
                 w.close()

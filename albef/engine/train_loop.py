@@ -43,6 +43,8 @@ class TrainerBase:
         self.start_iter = 0
         self.max_iter = 0
         self.storage: EventStorage
+        # set by a hook (PeriodicCheckpointer on a preemption signal) to end the run after this step
+        self.stop_requested = False
 
     def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
         for h in hooks:
@@ -62,7 +64,10 @@ class TrainerBase:
                     self.before_step()
                     self.run_step()
                     self.after_step()
-                self.iter += 1  # iteration count reached, so after_train hooks see max_iter
+                    if self.stop_requested:  # preemption: a hook checkpointed this iteration
+                        break
+                else:
+                    self.iter += 1  # iteration count reached, so after_train hooks see max_iter
             finally:
                 self.after_train()
 
@@ -88,6 +93,11 @@ class TrainerBase:
         raise NotImplementedError
 
 
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient norm with ``train.nonfinite=stop``; the message names the
+    iteration, the loss terms and the samples of the batch."""
+
+
 class SimpleTrainer(TrainerBase):
     """data -> ``out = model(batch)`` -> sum of ``loss_*`` -> backward -> clip -> step ->
     ``model.after_step(out["state"])``.
@@ -96,6 +106,19 @@ class SimpleTrainer(TrainerBase):
     Entries of ``out`` not named ``loss_*`` are logged, not optimised, except ``state``,
     which the model's forward hands to its own ``after_step`` (the one place where its
     per-step state changes: teacher EMA, queue, clamps).
+
+    ``grad_accum_steps`` k > 1: an iteration draws k micro-batches; each one's forward and
+    backward (of its loss / k, so the gradient is the mean of the micro-batch gradients) runs
+    in turn, DDP's all-reduce only on the last (``no_sync``); then one clip, one optimizer step
+    and one ``model.after_step([state_1, ..., state_k])`` (one EMA update, every
+    micro-batch's momentum features enqueued in order). Logged losses are micro-batch means.
+
+    ``nonfinite``: a non-finite total loss or gradient norm (over the whole iteration) is
+    ``stop``: a :class:`NonFiniteError` naming the iteration, the loss terms and the sample
+    ids of its batch. Read one step late (after the next backward is queued, or before any
+    checkpoint: :meth:`check_nonfinite`), so the check costs no stall on a GPU.
+    ``skip``: the flag is read at once (one host sync per step); a bad step gets no optimizer
+    step, no ``after_step`` and no logged losses, and is counted (``skipped_steps``).
 
     ``compile``: ``torch.compile`` keyword arguments (``backend``, ``mode``, ...) to compile
     the whole forward -- model, objectives, teacher, loss sum -- as one region, whose
@@ -106,8 +129,12 @@ class SimpleTrainer(TrainerBase):
     """
 
     def __init__(self, model: torch.nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer, *, device: torch.device, amp: bool = False, clip_grad: float | None = None, global_batch: int = 1,
-                 compile: dict[str, Any] | None = None):
+                 compile: dict[str, Any] | None = None, grad_accum_steps: int = 1, nonfinite: str = "stop"):
         super().__init__()
+        if int(grad_accum_steps) < 1:
+            raise ValueError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps!r}")
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"train.nonfinite must be stop or skip, got {nonfinite!r}")
         self.model = model
         self.data_loader = data_loader
         self._data_iter: Iterator | None = None
@@ -116,7 +143,11 @@ class SimpleTrainer(TrainerBase):
         self.amp = amp
         self.clip_grad = clip_grad
         self.global_batch = global_batch
+        self.grad_accum_steps = int(grad_accum_steps)
+        self.nonfinite = nonfinite
         self.num_skipped = 0
+        self.num_skipped_steps = 0
+        self._pending: tuple | None = None  # (iteration, finite flag, its ready event, loss terms, sample ids)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self.compiled = compile is not None
         if compile is not None:
@@ -147,28 +178,112 @@ class SimpleTrainer(TrainerBase):
         losses = sum(v for k, v in out.items() if k.startswith("loss_"))
         return losses, out, state
 
-    def run_step(self) -> None:
-        start = time.perf_counter()
+    def _next_batch(self) -> tuple[dict[str, Any], list]:
+        """The next batch, its skipped files logged and counted, and its sample ids (popped:
+        they are for the non-finite report, not the model)."""
         batch = next(self.data_iter)
-        data_time = time.perf_counter() - start
         skipped = batch.pop("skipped", [])
         if skipped:
             self.num_skipped += len(skipped)
             for path, reason in skipped:
                 logger.warning("Skipped sample %s: %s (iteration %d, %d skipped so far)", path, reason, self.iter, self.num_skipped)
-        batch = self._to_device(batch)
-        if self.compiled:
-            batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        losses, out, state = self._forward(batch)
+        ids = batch.pop("sample_id", None)
+        if ids is None:
+            ids = batch["image_id"].tolist() if isinstance(batch.get("image_id"), torch.Tensor) else []
+        return batch, list(ids)
+
+    def run_step(self) -> None:
+        k = self.grad_accum_steps
+        start = time.perf_counter()
+        batches = [self._next_batch() for _ in range(k)]
+        data_time = time.perf_counter() - start
         self.optimizer.zero_grad(set_to_none=True)
-        losses.backward()
+        totals, outs, states, sample_ids = [], [], [], []
+        for j, (batch, ids) in enumerate(batches):
+            batch = self._to_device(batch)
+            if self.compiled:
+                batch = {key: v for key, v in batch.items() if isinstance(v, torch.Tensor)}
+            # gradients are all-reduced once, on the last micro-batch
+            sync = nullcontext() if j == k - 1 or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                losses, out, state = self._forward(batch)
+                (losses / k if k > 1 else losses).backward()
+            totals.append(losses.detach())
+            outs.append(out)
+            states.append(state)
+            sample_ids.extend(ids)
+        self.check_nonfinite()  # the previous step's flag: its work is done by now
+        total = totals[0] if k == 1 else torch.stack(totals).mean()
+        out = outs[0] if k == 1 else {key: _mean([o[key] for o in outs]) for key in outs[0]}
         if self.clip_grad:
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params, self.clip_grad, foreach=True)
             self.storage.put_scalar("grad_norm", grad_norm)
-        self.optimizer.step()
-        after_step = getattr(self.model.module if hasattr(self.model, "module") else self.model, "after_step", None)
-        if after_step is not None:
-            after_step(state)
-        self.storage.put_scalars(total_loss=losses, **out)
+        else:
+            grads = [p.grad for p in self._params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else total.new_zeros(())
+        finite = torch.isfinite(total) & torch.isfinite(grad_norm)
+        terms = {"total_loss": total, "grad_norm": grad_norm.detach(), **{key: v.detach() for key, v in out.items() if key.startswith("loss_")}}
+        if self.nonfinite == "skip" and not bool(finite):
+            self.num_skipped_steps += 1
+            logger.warning("Skipped iteration %d (train.nonfinite=skip; %d skipped so far): %s", self.iter, self.num_skipped_steps,
+                           _describe(terms, sample_ids))
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            if self.nonfinite == "stop":
+                self._pending = (self.iter, *_host_flag(finite), terms, sample_ids)
+            self.optimizer.step()
+            after_step = getattr(self.model.module if hasattr(self.model, "module") else self.model, "after_step", None)
+            if after_step is not None:
+                after_step(states[0] if k == 1 else states)
+            self.storage.put_scalars(total_loss=total, **out)
         self.storage.put_scalar("data_time", data_time)
         self.storage.put_scalar("skipped_samples", float(self.num_skipped), smoothing_hint=False)
+        self.storage.put_scalar("skipped_steps", float(self.num_skipped_steps), smoothing_hint=False)
+
+    def check_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteError` if the last unchecked step (``nonfinite=stop``) had a
+        non-finite loss or gradient norm. Hooks call it before writing a checkpoint."""
+        if self._pending is None:
+            return
+        it, flag, event, terms, ids = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        if not bool(flag):
+            raise NonFiniteError(
+                f"Non-finite loss or gradient at iteration {it}: {_describe(terms, ids)}. "
+                "train.nonfinite=skip skips such steps instead."
+            )
+
+    def after_train(self) -> None:
+        try:
+            if self.iter >= self.max_iter or self.stop_requested:
+                self.check_nonfinite()
+        finally:
+            super().after_train()
+
+
+def _mean(values: list) -> Any:
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack([v.detach().float() for v in values]).mean()
+    if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+        return sum(values) / len(values)
+    return values[-1]
+
+
+def _host_flag(flag: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """``flag`` on the host without waiting for it: an asynchronous copy and the CUDA event
+    that marks it done (None on the CPU, where the value is ready)."""
+    if flag.device.type != "cuda":
+        return flag, None
+    host = torch.empty((), dtype=torch.bool, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _describe(terms: dict[str, torch.Tensor], sample_ids: list, max_ids: int = 64) -> str:
+    values = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
+    shown = ", ".join(map(str, sample_ids[:max_ids])) + (f", ... ({len(sample_ids)} in all)" if len(sample_ids) > max_ids else "")
+    return f"{values}; samples of the batch: [{shown}]"

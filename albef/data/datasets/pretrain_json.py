@@ -32,7 +32,8 @@ class PretrainJSON(Dataset):
     captions are all empty is skipped at load time and reported with its file and index.
 
     ``dataset[(epoch, index)]`` (or ``dataset[index]``, epoch 0) returns
-    ``{"image": [3, res, res], "caption": str, "image_id": int, "skipped": [(path, reason)]}``.
+    ``{"image": [3, res, res], "caption": str, "image_id": int, "skipped": [(path, reason)],
+    "sample_id": "#<entry> <image path>"}`` (the id names the sample in error reports).
     An image that is missing, unreadable or truncated is skipped: the next entry is
     used instead and the bad path travels with the sample so the trainer can log and
     count it (``strict=True`` raises :class:`DataError` naming the path instead).
@@ -115,7 +116,8 @@ class PretrainJSON(Dataset):
                 continue
             caption = rng.choice(self.captions[i])
             img, caption = self.flip(img, caption, rng)
-            return {"image": self.transform(img, rng), "caption": caption, "image_id": self.image_id[i], "skipped": skipped}
+            return {"image": self.transform(img, rng), "caption": caption, "image_id": self.image_id[i], "skipped": skipped,
+                    "sample_id": f"#{i} {path}"}
         raise DataError(
             f"{self.max_skip_tries} consecutive unreadable images starting at entry {index}: "
             + "; ".join(f"{p}: {r}" for p, r in skipped)

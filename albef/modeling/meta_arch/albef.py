@@ -242,13 +242,16 @@ class ALBEF(ALBEFModel):
         return out
 
     @torch.no_grad()
-    def after_step(self, state: dict[str, torch.Tensor] | None = None) -> None:
+    def after_step(self, state: dict[str, torch.Tensor] | list[dict[str, torch.Tensor] | None] | None = None) -> None:
         """The state changes of one training step, after the optimizer step: the teacher's
         EMA update, the feature queue (this step's momentum features, gathered across
-        ranks) and the temperature clamp to [temp_min, temp_max]."""
+        ranks) and the temperature clamp to [temp_min, temp_max]. ``state`` may be a list:
+        the states of a step's micro-batches (gradient accumulation), enqueued in order
+        after the one EMA update."""
         self.teacher.update(self)
-        if state:
-            self.teacher.enqueue(state)
+        for s in state if isinstance(state, list) else [state]:
+            if s:
+                self.teacher.enqueue(s)
         self.clamp_temperature()
 
     def set_distillation_scale(self, scale: float) -> None:
