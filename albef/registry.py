@@ -16,6 +16,7 @@ TEACHER_REGISTRY      ``model.teacher``             MomentumTeacher, NoTeacher
 DATASET_REGISTRY      ``data.train/val/test``       PretrainJSON, RetrievalEvalJSON, ...
 HEAD_REGISTRY         ``model.heads.<key>``         ITMHead, MLMHead, MLPClassifierHead
 COLLATOR_REGISTRY     ``data.collator``             ImageTextCollator
+LOADER_REGISTRY       ``data.loader``               MapStyleLoader, StreamingLoader
 TEXT_NEGATIVES_...    ``data.text_negatives``       CompositionalNegatives
 EVALUATOR_REGISTRY    ``eval.<key>``                RetrievalEvaluator, ClassificationEvaluator
 TRAINER_REGISTRY      ``train.trainer``             DefaultTrainer
@@ -44,6 +45,7 @@ TEACHER_REGISTRY = Registry("TEACHER")
 DATASET_REGISTRY = Registry("DATASET")
 HEAD_REGISTRY = Registry("HEAD")
 COLLATOR_REGISTRY = Registry("COLLATOR")
+LOADER_REGISTRY = Registry("LOADER")
 TEXT_NEGATIVES_REGISTRY = Registry("TEXT_NEGATIVES")
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 TRAINER_REGISTRY = Registry("TRAINER")
@@ -59,6 +61,7 @@ ALL_REGISTRIES: dict[str, Registry] = {
     "dataset": DATASET_REGISTRY,
     "head": HEAD_REGISTRY,
     "collator": COLLATOR_REGISTRY,
+    "loader": LOADER_REGISTRY,
     "text_negatives": TEXT_NEGATIVES_REGISTRY,
     "evaluator": EVALUATOR_REGISTRY,
     "trainer": TRAINER_REGISTRY,

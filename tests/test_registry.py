@@ -28,6 +28,7 @@ BUILTINS = {
     "dataset": {"PretrainJSON", "RetrievalEvalJSON", "VisualEntailmentJSON", "NLVR2JSON"},
     "head": {"ITMHead", "MLMHead", "MLPClassifierHead", "LinearClassifierHead"},
     "collator": {"ImageTextCollator"},
+    "loader": {"MapStyleLoader", "StreamingLoader"},
     "text_negatives": {"CompositionalNegatives"},
     "evaluator": {"RetrievalEvaluator", "ClassificationEvaluator"},
     "trainer": {"DefaultTrainer"},

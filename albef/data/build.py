@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from albef.config import runtime
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
-from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component
+from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, LOADER_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component
 from albef.utils import comm
 
 logger = logging.getLogger("albef.data")
@@ -175,26 +175,22 @@ def build_train_sampler(cfg: DictConfig, dataset: Dataset, start_iter: int = 0):
     return InfiniteSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=ws, start=start)
 
 
-def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0) -> DataLoader:
-    """Batches of ``train.batch_size`` from the dataset's sampler, with ``data.num_workers``
-    workers and the ``data.loader`` settings; text padded as ``data.padding`` says."""
-    rank = comm.get_rank()
-    nw = cfg.data.num_workers
-    ld = cfg.data.loader
-    return DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=build_train_sampler(cfg, dataset, start_iter),
-        num_workers=nw,
-        collate_fn=build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)),
-        pin_memory=runtime.pin_memory(cfg),
-        drop_last=True,
-        persistent_workers=bool(ld.persistent_workers) and nw > 0,
-        prefetch_factor=int(ld.prefetch_factor) if nw > 0 else None,
-        # Its own generator: creating the iterator must not draw from the global RNG,
-        # or a resumed run would diverge from an uninterrupted one.
-        generator=torch.Generator().manual_seed(cfg.train.seed + rank),
-    )
+def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0):
+    """The training loader of ``data.loader`` (a LOADER_REGISTRY builder, see
+    :mod:`albef.data.loaders`; ``name: auto`` = the dataset's ``loader`` attribute, else
+    MapStyleLoader) over ``dataset``, positioned after ``start_iter`` iterations."""
+    node = OmegaConf.to_container(cfg.data.loader, resolve=True) if cfg.data.get("loader") is not None else {}
+    node = dict(node or {})
+    if node.get("name", "auto") in (None, "auto"):
+        node["name"] = getattr(_base_dataset(dataset), "loader", "MapStyleLoader")
+    return build_component(LOADER_REGISTRY, node, where="data.loader", cfg=cfg, dataset=dataset, tokenizer=tokenizer, start_iter=start_iter)
+
+
+def epoch_size(dataset) -> int | None:
+    """Pairs per epoch of a training set (None: a stream that does not know)."""
+    from albef.data.loaders import epoch_size as _size
+
+    return _size(dataset)
 
 
 def build_test_loader(cfg: DictConfig, dataset, tokenizer, batch_size: int) -> DataLoader:

@@ -76,8 +76,9 @@ def albef_register_datasets(register):
     from albef.data.datasets.nlvr2 import NLVR2JSON
     from albef.data.datasets.vqa import VQAJSON
     from albef.data.datasets.grounding import GroundingEvalJSON
+    from albef.data.datasets.webdataset_pretrain import WebDatasetPretrain
 
-    for cls in (PretrainJSON, RetrievalEvalJSON, VisualEntailmentJSON, NLVR2JSON, VQAJSON, GroundingEvalJSON):
+    for cls in (PretrainJSON, WebDatasetPretrain, RetrievalEvalJSON, VisualEntailmentJSON, NLVR2JSON, VQAJSON, GroundingEvalJSON):
         register(cls)
 
 
@@ -98,6 +99,14 @@ def albef_register_collators(register):
 
     register(ImageTextCollator)
     register(VQACollator)
+
+
+@hookimpl
+def albef_register_loaders(register):
+    from albef.data.loaders import MapStyleLoader, StreamingLoader
+
+    register(MapStyleLoader)
+    register(StreamingLoader)
 
 
 @hookimpl

@@ -31,6 +31,7 @@ FAMILY_HOOKS: dict[str, str] = {
     "dataset": "albef_register_datasets",
     "head": "albef_register_heads",
     "collator": "albef_register_collators",
+    "loader": "albef_register_loaders",
     "text_negatives": "albef_register_text_negatives",
     "evaluator": "albef_register_evaluators",
     "trainer": "albef_register_trainers",
@@ -95,6 +96,13 @@ def albef_register_text_negatives(register):
 def albef_register_evaluators(register):
     """Register evaluators (``eval.<key>``): ``evaluate(model) -> {metric: value}`` on a split
     (see ``albef.evaluation.base.Evaluator``)."""
+
+
+@hookspec
+def albef_register_loaders(register):
+    """Register training-loader builders (``data.loader``): ``cls(cfg, dataset, tokenizer,
+    start_iter, **settings)`` -> an iterable of batches with ``epoch_size`` and optionally
+    ``state_dict()`` / ``load_state_dict(state, start_iter)`` (see :mod:`albef.data.loaders`)."""
 
 
 @hookspec

@@ -1,0 +1,233 @@
+"""Pretraining pairs streamed from WebDataset tar shards (``tools/make_shards.py``)."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import zlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import IterableDataset, get_worker_info
+
+from albef.data.datasets.base import DataError, sample_rng
+from albef.data.text import pre_caption
+from albef.data.transforms import PairedHorizontalFlip, build_transforms
+from albef.utils import comm
+from albef.utils.file_io import PathManager
+
+logger = logging.getLogger("albef.data")
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+
+
+def expand_shards(shards: str | Sequence[str], index: str | None = None) -> tuple[list[str], list[int] | None, str]:
+    """(shard urls, samples per shard or None, where they came from) for ``shards``: a
+    directory or ``index.json`` written by ``tools/make_shards.py``, a brace pattern
+    (``/data/cc3m/shard-{000000..000331}.tar``), or a list of urls/patterns. ``index``
+    (optional) gives the sample counts of a pattern or list."""
+    from braceexpand import braceexpand
+
+    from albef.data.shards import read_index, shard_urls
+
+    if isinstance(shards, str) and (shards.endswith(".json") or PathManager.isdir(shards)):
+        idx = read_index(shards)
+        base = shards if PathManager.isdir(shards) else os.path.dirname(shards)
+        return shard_urls(idx, base), [int(s["num_samples"]) for s in idx["shards"]], shards
+    patterns = [shards] if isinstance(shards, str) else list(shards or [])
+    urls = [u for p in patterns for u in braceexpand(str(p))]
+    if not urls:
+        raise DataError("data.train.shards is empty: give a shard directory, an index.json, a brace pattern or a list of shards")
+    counts = None
+    if index:
+        idx = read_index(index)
+        by_url = dict(zip((os.path.abspath(u) for u in shard_urls(idx, os.path.dirname(index) if index.endswith(".json") else index)),
+                          (int(s["num_samples"]) for s in idx["shards"])))
+        missing = [u for u in urls if os.path.abspath(u) not in by_url]
+        if missing:
+            raise DataError(f"data.train.index {index} does not list {len(missing)} of the shards, e.g. {missing[0]}")
+        counts = [by_url[os.path.abspath(u)] for u in urls]
+    return urls, counts, str(shards)
+
+
+class WebDatasetPretrain(IterableDataset):
+    """Image-caption pairs for pretraining, streamed from WebDataset shards; the
+    counterpart of :class:`~albef.data.datasets.pretrain_json.PretrainJSON` at web scale.
+
+    Each sample is ``{"image": [3, res, res], "caption": str, "image_id": int, "skipped":
+    [(name, reason)], "sample_id": "<shard>#<key>"}`` made exactly as the JSON reader makes
+    it: the same transforms, ``pre_caption``, one caption drawn per access, the image id the
+    shard tool assigned (shared by the captions of one image), and a bad sample (an image
+    that does not decode, no usable caption) skipped and reported with the next one
+    (``strict``: a :class:`DataError` naming shard and key).
+
+    The stream: epoch e orders the shards by a permutation seeded by (seed, e); reader s of
+    S = ranks x DataLoader workers reads shards s, s+S, ... of it (no duplicates or gaps
+    within an epoch: every sample is read by exactly one reader), through a shuffle buffer
+    (``shuffle_buffer`` samples, webdataset's, seeded by (seed, e, s)). A reader's epochs
+    follow each other without end. The stream is a pure function of the seed and the number
+    of samples a reader has consumed, so :class:`~albef.data.loaders.StreamingLoader` resumes
+    it exactly from that count (it re-reads the skipped bytes of the current epoch without
+    decoding them, and jumps over whole epochs when the index gives the shard sizes).
+
+    ``resampled``: shards drawn with replacement, forever (webdataset's multi-node mode: no
+    epoch boundaries to agree on, any number of readers); a resumed run reseeds it.
+
+    Args:
+        shards: a directory or ``index.json`` of ``tools/make_shards.py``, a brace pattern
+            (``.../shard-{000000..000331}.tar``) or a list; local paths or any iopath url.
+        index: an ``index.json`` giving the sample counts of a pattern or list (for the
+            epoch size, the one-epoch alpha ramp and fast resume).
+        shuffle_buffer: samples in the shuffle buffer (0: shard order).
+        resampled: sample shards with replacement (see above).
+        Builder-supplied: transforms, max_words, strict, image_ids, seed.
+    """
+
+    loader = "StreamingLoader"
+    text_field = "caption"
+    max_skip_tries = 20
+
+    def __init__(self, shards: str | Sequence[str] = (), index: str | None = None, shuffle_buffer: int = 1000, resampled: bool = False,
+                 transforms: dict[str, Any] | None = None, max_words: int = 30, strict: bool = False, image_ids: bool = True, seed: int = 0):
+        if int(shuffle_buffer) < 0:
+            raise DataError(f"data.train.shuffle_buffer must be >= 0, got {shuffle_buffer!r}")
+        self.urls, self.counts, self.source = expand_shards(shards, index)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.resampled = bool(resampled)
+        self.seekable = not self.resampled
+        self.max_words, self.strict, self.seed = max_words, strict, seed
+        self.has_image_ids = image_ids
+        t = dict(transforms or {})
+        self.transform = build_transforms(t, is_train=True)
+        self.flip = PairedHorizontalFlip(t.get("hflip_prob", 0.0), t.get("hflip_swap_words"))
+        self.set_stream(comm.get_rank(), comm.get_world_size(), 0, [0], 0)
+
+    @property
+    def epoch_size(self) -> int | None:
+        """Samples per epoch (from the index), or None when the shard sizes are unknown."""
+        return sum(self.counts) if self.counts is not None else None
+
+    def set_stream(self, rank: int, world_size: int, num_workers: int, positions: list[int], reseed: int = 0) -> None:
+        """Which readers this process's workers are and where each continues: ``positions[w]``
+        raw samples (bad ones included) already consumed by worker w of this rank."""
+        self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
+        self.positions = [int(p) for p in positions] or [0]
+        self.reseed = int(reseed)
+
+    # ------------------------------------------------------------------ the raw stream
+    def _epoch_shards(self, epoch: int, reader: int, readers: int) -> list[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + epoch + 7919 * self.reseed)
+        return torch.randperm(len(self.urls), generator=g).tolist()[reader::readers]
+
+    def _read_shards(self, shard_ids) -> Iterator[dict[str, Any]]:
+        """Raw samples (``__key__``, ``__url__``, extension -> bytes) of the shards, in order."""
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        for i in shard_ids:
+            url = self.urls[i]
+            try:
+                with PathManager.open(url, "rb") as stream:
+                    for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                        if raw:
+                            yield raw
+            except (OSError, ValueError) as e:
+                if self.strict:
+                    raise DataError(f"{url}: cannot read the shard ({e}) (data.strict=true stops here)") from e
+                logger.warning("Skipping the rest of shard %s: %s", url, e)
+
+    def _shuffled(self, raw: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
+        if self.shuffle_buffer <= 1:
+            return raw
+        from webdataset.filters import _shuffle
+
+        return _shuffle(iter(raw), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+
+    def _raw_epochs(self, reader: int, readers: int, consumed: int) -> Iterator[tuple[int, Iterator[dict[str, Any]], int]]:
+        """(epoch, its shuffled raw stream, raw samples of it to skip) from position ``consumed``."""
+        if self.resampled:
+            rng = random.Random(f"{self.seed}/{self.reseed}/{reader}")
+            shard_rng = random.Random(f"shards/{self.seed}/{self.reseed}/{reader}")
+            endless = self._read_shards(shard_rng.randrange(len(self.urls)) for _ in iter(int, 1))
+            yield self.reseed, self._shuffled(endless, rng), 0
+            return
+        if len(self.urls) < readers:
+            raise DataError(
+                f"data.train: {len(self.urls)} shard(s) in {self.source} for {readers} readers ({self.world_size} rank(s) x "
+                f"{max(self.num_workers, 1)} worker(s)): each reader needs a shard of its own. Make more, smaller shards "
+                "(tools/make_shards.py --shard-size), use fewer data.num_workers, or resampled: true"
+            )
+        epoch, skip = 0, consumed
+        if self.counts is not None:  # jump over whole epochs without reading them
+            while True:
+                n = sum(self.counts[i] for i in self._epoch_shards(epoch, reader, readers))
+                if n == 0 or skip < n:
+                    break
+                skip -= n
+                epoch += 1
+        while True:
+            rng = random.Random(f"{self.seed}/{epoch}/{reader}/{self.reseed}")
+            yield epoch, self._shuffled(self._read_shards(self._epoch_shards(epoch, reader, readers)), rng), skip
+            skip = 0  # carried over by the caller when the epoch was shorter than the skip
+            epoch += 1
+
+    # ------------------------------------------------------------------ samples
+    def _decode(self, raw: dict[str, Any], epoch: int) -> dict[str, Any]:
+        key = raw.get("__key__", "")
+        ext = next((e for e in IMAGE_EXTS if e in raw), None)
+        if ext is None or "json" not in raw:
+            raise OSError(f"no image or no json entry (has {sorted(k for k in raw if not k.startswith('__'))})")
+        try:
+            meta = json.loads(raw["json"])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise OSError(f"invalid json entry ({e})") from e
+        caps = meta.get("captions", meta.get("caption"))
+        caps = [caps] if isinstance(caps, str) else list(caps or [])
+        caps = [c for c in (pre_caption(c, self.max_words) for c in caps if isinstance(c, str)) if c]
+        if not caps:
+            raise OSError("empty caption")
+        try:
+            img = Image.open(io.BytesIO(raw[ext]))
+            img.load()
+            img = img.convert("RGB")
+        except UnidentifiedImageError as e:
+            raise OSError("unreadable image (not a recognised image format, or truncated before its header ends)") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise OSError(f"unreadable image ({e})") from e
+        number = int(key) if str(key).isdigit() else zlib.crc32(str(key).encode())
+        rng = sample_rng(self.seed, epoch, number)
+        caption = rng.choice(caps)
+        img, caption = self.flip(img, caption, rng)
+        image_id = int(meta["image_id"]) if self.has_image_ids and "image_id" in meta else number
+        return {"image": self.transform(img, rng), "caption": caption, "image_id": image_id}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader, readers = self.rank * workers + worker, self.world_size * workers
+        consumed = self.positions[worker] if worker < len(self.positions) else 0
+        pos, skip_left, skipped = consumed, None, []
+        for epoch, stream, skip in self._raw_epochs(reader, readers, consumed):
+            skip_left = skip if skip_left is None else skip_left
+            for raw in stream:
+                if skip_left > 0:  # resuming: already consumed before the checkpoint
+                    skip_left -= 1
+                    continue
+                pos += 1
+                name = f"{os.path.basename(str(raw.get('__url__', '?')))}#{raw.get('__key__', '?')}"
+                try:
+                    sample = self._decode(raw, epoch)
+                except OSError as e:
+                    if self.strict:
+                        raise DataError(f"{raw.get('__url__', '?')} sample {raw.get('__key__', '?')}: {e} (data.strict=true stops here)") from e
+                    skipped.append((name, str(e)))
+                    if len(skipped) >= self.max_skip_tries:
+                        raise DataError(f"{self.max_skip_tries} consecutive bad samples in {self.source}: "
+                                        + "; ".join(f"{n}: {r}" for n, r in skipped))
+                    continue
+                sample.update(skipped=skipped, sample_id=name, _worker=worker, _pos=pos)
+                skipped = []
+                yield sample

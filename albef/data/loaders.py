@@ -1,0 +1,162 @@
+"""Training-loader builders (``data.loader``, LOADER_REGISTRY): how a dataset becomes an
+endless stream of batches on this rank, where that stream stands (``state_dict``) and how
+it continues after ``--resume`` (``load_state_dict``).
+
+* :class:`MapStyleLoader` -- a dataset with ``__getitem__`` and ``__len__`` (the JSON
+  readers): an :class:`~albef.data.samplers.InfiniteSampler` (or the dataset's own
+  ``build_sampler``) shards ``(epoch, index)`` keys across ranks; the position is the
+  iteration count, so a resumed run sees exactly the batches an uninterrupted one would.
+* :class:`StreamingLoader` -- an ``IterableDataset`` that shards itself across ranks and
+  DataLoader workers (:class:`~albef.data.datasets.webdataset_pretrain.WebDatasetPretrain`):
+  each batch carries its worker's stream position, the loader keeps the latest per worker,
+  and a resumed run hands them back to the dataset.
+
+``data.loader.name: auto`` takes the dataset's ``loader`` attribute (MapStyleLoader when it
+has none). A loader builder is ``cls(cfg, dataset, tokenizer, start_iter=0, **settings)``
+with ``__iter__`` (batches of ``train.batch_size``), ``epoch_size`` (pairs per epoch, or
+None) and optionally ``state_dict()`` / ``load_state_dict(state, start_iter)``.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from albef.config import runtime
+from albef.utils import comm
+
+logger = logging.getLogger("albef.data")
+
+
+def ignore_preemption_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a cluster that signals the whole process group must not
+    kill the workers while the main process finishes its step and writes a checkpoint."""
+    for name in ("SIGTERM", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def epoch_size(dataset) -> int | None:
+    """Pairs per epoch: ``dataset.epoch_size`` if it says, else ``len(dataset)``, else None."""
+    size = getattr(dataset, "epoch_size", None)
+    if size is not None:
+        return int(size)
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
+
+
+class MapStyleLoader(DataLoader):
+    """Batches of ``train.batch_size`` from the dataset's sampler, with ``data.num_workers``
+    workers; text padded as ``data.padding`` says. Its position is the iteration count
+    (``start_iter``), nothing else to save. A ``torch.utils.data.DataLoader``."""
+
+    def __init__(self, cfg: DictConfig, dataset, tokenizer, start_iter: int = 0, *, prefetch_factor: int = 4, pin_memory: bool | None = None,
+                 persistent_workers: bool = True):
+        from albef.data.build import build_collator, build_text_negatives, build_train_sampler
+
+        rank = comm.get_rank()
+        nw = cfg.data.num_workers
+        super().__init__(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            sampler=build_train_sampler(cfg, dataset, start_iter),
+            num_workers=nw,
+            collate_fn=build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)),
+            pin_memory=runtime.pin_memory(cfg) if pin_memory is None else bool(pin_memory),
+            drop_last=True,
+            persistent_workers=bool(persistent_workers) and nw > 0,
+            prefetch_factor=int(prefetch_factor) if nw > 0 else None,
+            worker_init_fn=ignore_preemption_signals if nw > 0 else None,
+            # Its own generator: creating the iterator must not draw from the global RNG,
+            # or a resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg.train.seed + rank),
+        )
+
+    @property
+    def epoch_size(self) -> int | None:
+        return epoch_size(self.dataset)
+
+
+class _StreamCollate:
+    """The collator, plus the stream position of the batch's last sample (picklable: it
+    runs in the workers)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        marks = [(s.pop("_worker"), s.pop("_pos")) for s in samples]
+        batch = self.inner(samples)
+        batch["stream_pos"] = marks[-1]
+        return batch
+
+
+class StreamingLoader:
+    """Batches from an ``IterableDataset`` that splits its stream across ranks and workers
+    itself (``dataset.set_stream(rank, world_size, num_workers, positions, reseed)``) and
+    marks every sample with its worker and position (``_worker``, ``_pos``).
+
+    ``state_dict()``: this rank's position per worker, as of the last batch handed out (the
+    DataLoader's prefetched batches are not counted, so nothing is skipped or seen twice).
+    ``load_state_dict(state, start_iter)``: continue from there when the run has the same
+    ranks and workers and the dataset can seek (an epoch-ordered shard stream); otherwise
+    the stream is reseeded with ``start_iter`` (new order, no exact continuation) and a
+    warning says so.
+    """
+
+    def __init__(self, cfg: DictConfig, dataset, tokenizer, start_iter: int = 0, *, prefetch_factor: int = 4, pin_memory: bool | None = None,
+                 persistent_workers: bool = True):
+        from albef.data.build import build_collator, build_text_negatives
+
+        if not hasattr(dataset, "set_stream"):
+            raise ValueError(f"data.loader: StreamingLoader needs a dataset that splits its own stream (set_stream); "
+                             f"{type(dataset).__name__} does not: use MapStyleLoader (or name: auto)")
+        self.cfg = cfg
+        self.dataset = dataset
+        self.epoch_size = epoch_size(dataset)
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        self.num_workers = int(cfg.data.num_workers)
+        self.positions = [0] * max(self.num_workers, 1)
+        self.reseed = 0
+        self.collate = _StreamCollate(build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)))
+        self.pin_memory = runtime.pin_memory(cfg) if pin_memory is None else bool(pin_memory)
+        self.prefetch_factor = int(prefetch_factor)
+        if start_iter > 0:  # no saved positions (yet): load_state_dict may bring them
+            self.load_state_dict(None, start_iter)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"positions": list(self.positions), "num_workers": self.num_workers, "world_size": self.world_size,
+                "rank": self.rank, "reseed": self.reseed}
+
+    def load_state_dict(self, state: dict[str, Any] | None, start_iter: int = 0) -> None:
+        same = (isinstance(state, dict) and state.get("num_workers") == self.num_workers
+                and state.get("world_size") == self.world_size and state.get("rank") == self.rank)
+        if same and getattr(self.dataset, "seekable", False):
+            self.positions = [int(p) for p in state["positions"]]
+            self.reseed = int(state.get("reseed", 0))
+            logger.info("Streaming data: continuing each worker's stream at its saved position %s", self.positions)
+            return
+        why = ("the dataset cannot seek (resampled shards)" if not getattr(self.dataset, "seekable", False)
+               else "no saved stream position for this number of ranks and workers" if state is None or not same else "")
+        self.positions = [0] * max(self.num_workers, 1)
+        self.reseed = int(start_iter)
+        logger.warning("Streaming data resumed at iteration %d by reseeding (%s): the samples seen next are a new draw, "
+                       "not the exact continuation", start_iter, why)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.set_stream(self.rank, self.world_size, self.num_workers, list(self.positions), self.reseed)
+        nw = self.num_workers
+        loader = DataLoader(
+            self.dataset, batch_size=self.cfg.train.batch_size, num_workers=nw, collate_fn=self.collate, drop_last=True,
+            pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor if nw > 0 else None,
+            worker_init_fn=ignore_preemption_signals if nw > 0 else None,
+        )
+        for batch in loader:
+            worker, pos = batch.pop("stream_pos")
+            self.positions[worker] = pos
+            yield batch
