@@ -18,6 +18,8 @@ Examples::
         --variant "model.fusion.cache_visual_kv=false model.objectives.mlm.logits=all" --variant ""
     # the training DataLoader at the config's resolution and augmentations, 0, 2 and 4 workers
     python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --what data --batch 64 --steps 10 --workers 0 2 4 --target-pairs-per-s 1500
+    # the same, the JSON reader against WebDataset shards of the same JPEGs, 3 interleaved rounds
+    python tools/benchmark.py --config-file configs/Base-ALBEF.yaml --what data --loaders json shards --repeats 3 --workers 0 1 2 --
 
 KEY=VALUE config overrides come last; after a list flag (``--workers 0 1``) put ``--`` before them.
 
@@ -425,6 +427,61 @@ def write_jpegs(folder: str, n: int, seed: int = 0) -> str:
     return ann
 
 
+def per_sample_costs(ann: str, shard_dir: str | None, dataset, tokenizer, max_tokens: int, n: int) -> dict:
+    """Seconds per sample on one core, by stage: reading the bytes (one file per image vs.
+    sequential tar reads), decoding the JPEG, the training transforms, tokenising the caption."""
+    import io
+
+    from PIL import Image
+
+    from albef.data.datasets.base import sample_rng
+    from albef.data.tokenization import tokenize
+
+    entries = json.load(open(ann))[:n]
+    t0 = time.perf_counter()
+    blobs = []
+    for e in entries:
+        with open(e["image"], "rb") as f:
+            blobs.append(f.read())
+    out = {"read_file_s": (time.perf_counter() - t0) / len(entries)}
+    if shard_dir is not None:
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        from albef.data.shards import read_index, shard_urls
+
+        urls = shard_urls(read_index(shard_dir), shard_dir)
+        t0, count, nbytes = time.perf_counter(), 0, 0
+        for url in urls:
+            with open(url, "rb") as stream:
+                for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                    if raw:
+                        count += 1
+                        nbytes += len(raw.get("jpg", b""))
+        out["read_shard_s"] = (time.perf_counter() - t0) / max(count, 1)
+        out["shard_bytes_per_sample"] = nbytes / max(count, 1)
+    t0 = time.perf_counter()
+    images = []
+    for b in blobs:
+        img = Image.open(io.BytesIO(b))
+        img.load()
+        images.append(img.convert("RGB"))
+    out["decode_s"] = (time.perf_counter() - t0) / len(blobs)
+    out["jpeg_bytes_per_sample"] = sum(map(len, blobs)) / len(blobs)
+    t0 = time.perf_counter()
+    for i, img in enumerate(images):
+        dataset.transform(img, sample_rng(0, 0, i))
+    out["transform_s"] = (time.perf_counter() - t0) / len(images)
+    caps = [e["caption"] for e in entries]
+    t0 = time.perf_counter()
+    tokenize(tokenizer, caps, max_tokens)
+    out["tokenize_s"] = (time.perf_counter() - t0) / len(caps)
+    out["total_json_s"] = out["read_file_s"] + out["decode_s"] + out["transform_s"] + out["tokenize_s"]
+    if shard_dir is not None:
+        out["total_shards_s"] = out["read_shard_s"] + out["decode_s"] + out["transform_s"] + out["tokenize_s"]
+    out["samples"] = len(entries)
+    return out
+
+
 def bench_data(args, tmp: str) -> dict:
     from omegaconf import OmegaConf
 
@@ -433,38 +490,66 @@ def bench_data(args, tmp: str) -> dict:
 
     n = args.num_images or 256
     ann = write_jpegs(os.path.join(tmp, "images"), n)
+    nodes = {"json": {"name": "PretrainJSON", "ann_files": [ann], "image_root": ""}}
+    shard_dir = None
+    if "shards" in args.loaders:
+        from albef.data.shards import make_shards
+
+        shard_dir = os.path.join(tmp, "shards")
+        make_shards([ann], "", shard_dir, shard_size=max(1, n // 8), progress=False)  # 8 shards: one per reader up to 8
+        nodes["shards"] = {"name": "WebDatasetPretrain", "shards": shard_dir, "shuffle_buffer": min(100, n)}
     extra = [f"data.train={{name: PretrainJSON, ann_files: [{ann}], image_root: ''}}"]
     cfg, tok_src, ours = resolve_config(args, tmp, extra, need_vocab=False)  # the model is not built: no data generation
     tokenizer = build_tokenizer(cfg.data.tokenizer)
-    dataset = data_build.build_dataset(cfg, "train")
+    datasets = {}
+    for name in args.loaders:
+        cfg.data.train = nodes[name]
+        datasets[name] = data_build.build_dataset(cfg, "train")
     batch = int(cfg.train.batch_size)
-    per_workers = {}
-    for w in args.workers:
-        cfg.data.num_workers = w
-        it = iter(data_build.build_train_loader(cfg, dataset, tokenizer))
-        next(it)  # worker start-up and first batch: not the steady state
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            next(it)
-            times.append(time.perf_counter() - t0)
-        del it  # shuts the workers down before the next count starts its own
-        pps = batch * len(times) / sum(times)
-        per_workers[str(w)] = {"pairs_per_s": pps, "pairs_per_s_per_worker": pps / max(w, 1), "batch_time_s": stats(times)}
+    rates: dict[str, dict[str, list[float]]] = {name: {str(w): [] for w in args.workers} for name in args.loaders}
+    times_of: dict[str, dict[str, list[float]]] = {name: {str(w): [] for w in args.workers} for name in args.loaders}
+    for _ in range(args.repeats):  # rounds interleave the loaders, so the machine's drift hits both alike
+        for name in args.loaders:
+            for w in args.workers:
+                cfg.data.num_workers = w
+                it = iter(data_build.build_train_loader(cfg, datasets[name], tokenizer))
+                next(it)  # worker start-up and first batch: not the steady state
+                times = []
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    next(it)
+                    times.append(time.perf_counter() - t0)
+                del it  # shuts the workers down before the next count starts its own
+                rates[name][str(w)].append(batch * len(times) / sum(times))
+                times_of[name][str(w)].extend(times)
+    loaders = {}
+    for name in args.loaders:
+        per_workers = {}
+        for w in args.workers:
+            pps = rates[name][str(w)]
+            med = statistics.median(pps)
+            per_workers[str(w)] = {"pairs_per_s": med, "pairs_per_s_runs": pps, "pairs_per_s_min": min(pps), "pairs_per_s_max": max(pps),
+                                   "pairs_per_s_per_worker": med / max(w, 1), "batch_time_s": stats(times_of[name][str(w)])}
+        loaders[name] = per_workers
+    first = args.loaders[0]
+    per_workers = loaders[first]
     best = max(per_workers, key=lambda w: per_workers[w]["pairs_per_s"])
     ref = str(max(args.workers))  # the largest count tried: scaling is sublinear, so the conservative rate
     needed = None
     if args.target_pairs_per_s:
         needed = math.ceil(args.target_pairs_per_s / per_workers[ref]["pairs_per_s_per_worker"])
     mem, mem_kind = peak_memory(torch.device("cpu"))
+    costs = per_sample_costs(ann, shard_dir, datasets[first], tokenizer, int(cfg.data.max_tokens), min(n, 128))
     return {
         "batch": batch, "steps": args.steps, "warmup": 1, "step_time_s": per_workers[best]["batch_time_s"],
         "pairs_per_s": per_workers[best]["pairs_per_s"], "peak_memory_bytes": mem, "peak_memory_kind": mem_kind,
-        "notes": [f"pairs_per_s and step_time_s: the best worker count ({best})"],
+        "notes": [f"pairs_per_s and step_time_s: the {first} loader at its best worker count ({best})",
+                  f"pairs/s per (loader, workers): median of {args.repeats} round(s), rounds interleaving the loaders"],
         "data": {"num_images": n, "image_size": [480, 640], "resolution": int(cfg.data.transforms.image_res),
                  "transforms": OmegaConf.to_container(cfg.data.transforms, resolve=True), "workers": per_workers,
+                 "loaders": loaders, "per_sample_cost_s": costs,
                  "best_workers": int(best), "target_pairs_per_s": args.target_pairs_per_s,
-                 "workers_needed_per_gpu": needed, "workers_needed_from": f"per-worker rate at {ref} worker(s)"},
+                 "workers_needed_per_gpu": needed, "workers_needed_from": f"per-worker rate at {ref} worker(s), {first} loader"},
         "tokenizer": tok_src, "bench_overrides": ours,
     }
 
@@ -540,9 +625,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for the MFU (default: table by CUDA device name)")
     p.add_argument("--num-images", type=int, help="eval: synthetic images (100); data: JPEGs written (256)")
     p.add_argument("--num-texts", type=int, help="eval: synthetic texts (5 per image)")
-    p.add_argument("--repeats", type=int, default=1, help="eval: timed evaluations")
+    p.add_argument("--repeats", type=int, default=1, help="eval: timed evaluations; data: rounds over loaders and worker counts")
     p.add_argument("--workers", type=int, nargs="+", default=[0], help="data: DataLoader worker counts to try")
     p.add_argument("--target-pairs-per-s", type=float, help="data: pairs/s one GPU consumes, for workers_needed_per_gpu")
+    p.add_argument("--loaders", nargs="+", choices=("json", "shards"), default=["json"],
+                   help="data: the JSON reader (one file per image) and/or WebDataset shards of the same images")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", metavar="FILE.json", help="default: output/benchmark/<what>.json")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE")
@@ -616,8 +703,12 @@ def print_summary(args, res: dict, out: str) -> None:
               f"COCO-5k ~{e['coco5k_seconds_extrapolated']:.0f} s (linear in images)")
     else:
         d = res["data"]
-        for w, r in d["workers"].items():
-            print(f"workers {w}: {r['pairs_per_s']:.1f} pairs/s ({r['pairs_per_s_per_worker']:.1f} per worker)")
+        for name, per_workers in d["loaders"].items():
+            for w, r in per_workers.items():
+                print(f"{name} loader, workers {w}: {r['pairs_per_s']:.1f} pairs/s [{r['pairs_per_s_min']:.1f}, {r['pairs_per_s_max']:.1f}] "
+                      f"({r['pairs_per_s_per_worker']:.1f} per worker)")
+        c = d["per_sample_cost_s"]
+        print("per sample on one core (ms): " + ", ".join(f"{k[:-2]} {v * 1e3:.2f}" for k, v in c.items() if k.endswith("_s")))
         if d["workers_needed_per_gpu"] is not None:
             print(f"workers needed per GPU for {d['target_pairs_per_s']:g} pairs/s: {d['workers_needed_per_gpu']} ({d['workers_needed_from']})")
     for n in res["notes"] or []:

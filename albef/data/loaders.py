@@ -33,10 +33,11 @@ logger = logging.getLogger("albef.data")
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a cluster that signals the whole process group must not
-    kill the workers while the main process finishes its step and writes a checkpoint."""
-    for name in ("SIGTERM", "SIGUSR1"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    """DataLoader ``worker_init_fn``: SIGUSR1 sent to the whole process group (SLURM's
+    ``--signal=USR1@T``) must not kill the workers while the main process finishes its step
+    and writes a checkpoint. SIGTERM keeps its default: it is how the DataLoader and
+    multiprocessing stop workers at exit (a worker ignoring it would keep the run from ending)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def epoch_size(dataset) -> int | None:
@@ -101,7 +102,8 @@ class StreamingLoader:
     itself (``dataset.set_stream(rank, world_size, num_workers, positions, reseed)``) and
     marks every sample with its worker and position (``_worker``, ``_pos``).
 
-    ``state_dict()``: this rank's position per worker, as of the last batch handed out (the
+    ``state_dict()``: this rank's position per worker and the batches handed out (which
+    worker's turn is next), as of the last batch handed out (the
     DataLoader's prefetched batches are not counted, so nothing is skipped or seen twice).
     ``load_state_dict(state, start_iter)``: continue from there when the run has the same
     ranks and workers and the dataset can seek (an epoch-ordered shard stream); otherwise
@@ -122,6 +124,7 @@ class StreamingLoader:
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.num_workers = int(cfg.data.num_workers)
         self.positions = [0] * max(self.num_workers, 1)
+        self.batches = 0  # handed out so far: the DataLoader takes batch i from worker i % workers
         self.reseed = 0
         self.collate = _StreamCollate(build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)))
         self.pin_memory = runtime.pin_memory(cfg) if pin_memory is None else bool(pin_memory)
@@ -130,33 +133,42 @@ class StreamingLoader:
             self.load_state_dict(None, start_iter)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"positions": list(self.positions), "num_workers": self.num_workers, "world_size": self.world_size,
-                "rank": self.rank, "reseed": self.reseed}
+        return {"positions": list(self.positions), "batches": self.batches, "num_workers": self.num_workers,
+                "world_size": self.world_size, "rank": self.rank, "reseed": self.reseed}
 
     def load_state_dict(self, state: dict[str, Any] | None, start_iter: int = 0) -> None:
         same = (isinstance(state, dict) and state.get("num_workers") == self.num_workers
                 and state.get("world_size") == self.world_size and state.get("rank") == self.rank)
         if same and getattr(self.dataset, "seekable", False):
             self.positions = [int(p) for p in state["positions"]]
+            self.batches = int(state.get("batches", 0))
             self.reseed = int(state.get("reseed", 0))
             logger.info("Streaming data: continuing each worker's stream at its saved position %s", self.positions)
             return
         why = ("the dataset cannot seek (resampled shards)" if not getattr(self.dataset, "seekable", False)
                else "no saved stream position for this number of ranks and workers" if state is None or not same else "")
         self.positions = [0] * max(self.num_workers, 1)
+        self.batches = 0
         self.reseed = int(start_iter)
         logger.warning("Streaming data resumed at iteration %d by reseeding (%s): the samples seen next are a new draw, "
                        "not the exact continuation", start_iter, why)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.dataset.set_stream(self.rank, self.world_size, self.num_workers, list(self.positions), self.reseed)
+        # a new DataLoader starts its round robin at its worker 0: that worker plays the stream
+        # whose turn it is, so the batches continue in the uninterrupted order
+        nw = max(self.num_workers, 1)
+        self.dataset.set_stream(self.rank, self.world_size, self.num_workers, list(self.positions), self.reseed, worker_offset=self.batches % nw)
         nw = self.num_workers
         loader = DataLoader(
             self.dataset, batch_size=self.cfg.train.batch_size, num_workers=nw, collate_fn=self.collate, drop_last=True,
             pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor if nw > 0 else None,
             worker_init_fn=ignore_preemption_signals if nw > 0 else None,
+            # its own generator, as MapStyleLoader: the iterator's base seed must not come from
+            # the global RNG, whose state a resumed run restores from the checkpoint
+            generator=torch.Generator().manual_seed(self.cfg.train.seed + self.rank),
         )
         for batch in loader:
             worker, pos = batch.pop("stream_pos")
             self.positions[worker] = pos
+            self.batches += 1
             yield batch

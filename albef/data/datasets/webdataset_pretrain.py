@@ -110,12 +110,14 @@ class WebDatasetPretrain(IterableDataset):
         """Samples per epoch (from the index), or None when the shard sizes are unknown."""
         return sum(self.counts) if self.counts is not None else None
 
-    def set_stream(self, rank: int, world_size: int, num_workers: int, positions: list[int], reseed: int = 0) -> None:
+    def set_stream(self, rank: int, world_size: int, num_workers: int, positions: list[int], reseed: int = 0, worker_offset: int = 0) -> None:
         """Which readers this process's workers are and where each continues: ``positions[w]``
-        raw samples (bad ones included) already consumed by worker w of this rank."""
+        raw samples (bad ones included) already consumed by stream w of this rank; DataLoader
+        worker i reads stream ``(i + worker_offset) % workers``."""
         self.rank, self.world_size, self.num_workers = int(rank), int(world_size), int(num_workers)
         self.positions = [int(p) for p in positions] or [0]
         self.reseed = int(reseed)
+        self.worker_offset = int(worker_offset)
 
     # ------------------------------------------------------------------ the raw stream
     def _epoch_shards(self, epoch: int, reader: int, readers: int) -> list[int]:
@@ -206,7 +208,7 @@ class WebDatasetPretrain(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = ((info.id + self.worker_offset) % info.num_workers, info.num_workers) if info is not None else (0, 1)
         reader, readers = self.rank * workers + worker, self.world_size * workers
         consumed = self.positions[worker] if worker < len(self.positions) else 0
         pos, skip_left, skipped = consumed, None, []
