@@ -37,6 +37,9 @@ setup(
         "tensorboard>=2.14",
         "pluggy>=1.3",
         "pillow>=9.0",
+        "webdataset>=0.2.86",  # tar shards (WebDatasetPretrain, tools/make_shards.py)
+        "braceexpand>=0.1.7",  # shard patterns like shard-{000000..000999}.tar
+        "tqdm>=4.60",
         "numpy>=1.24",
     ],
     extras_require={
