@@ -75,6 +75,20 @@ def test_data_loader(tmp_path):
     assert d["workers_needed_per_gpu"] == math.ceil(1000 / rate)
 
 
+def test_data_loader_json_against_shards(tmp_path):
+    res = bench_json(tmp_path, "--what", "data", "--num-images", "16", "--batch", "4", "--steps", "2", "--workers", "0",
+                     "--loaders", "json", "shards", "--repeats", "2", "--")
+    d = res["data"]
+    assert set(d["loaders"]) == {"json", "shards"}
+    for name in ("json", "shards"):
+        r = d["loaders"][name]["0"]
+        assert len(r["pairs_per_s_runs"]) == 2 and r["pairs_per_s_min"] <= r["pairs_per_s"] <= r["pairs_per_s_max"]
+    c = d["per_sample_cost_s"]
+    assert c["samples"] == 16 and c["read_shard_s"] > 0 and c["decode_s"] > 0
+    assert c["shard_bytes_per_sample"] == pytest.approx(c["jpeg_bytes_per_sample"])  # the original bytes, unchanged
+    assert c["total_shards_s"] == pytest.approx(c["read_shard_s"] + c["decode_s"] + c["transform_s"] + c["tokenize_s"])
+
+
 def test_compare_interleaves_variants(tmp_path):
     res = bench_json(tmp_path, "--what", "compare", "--batch", "4", "--steps", "6", "--warmup", "1",
                      "--variant", "model.objectives.mlm.logits=all", "--variant", "")

@@ -1,119 +1,16 @@
-"""WebDataset shards: tools/make_shards.py (bad files skipped and named, ids as the JSON
-reader's, resize, worker-count independence), WebDatasetPretrain's split across ranks and
-workers (every sample once per epoch), the StreamingLoader's exact resume, and a training
-run on shards through the command line."""
+"""Reading WebDataset shards: WebDatasetPretrain's split across ranks and workers (every
+sample once per epoch), the StreamingLoader's exact resume, and a training run on shards
+through the command line, resumed. (Writing them: tests/test_make_shards.py.)"""
 from __future__ import annotations
 
-import io
-import json
 import os
-import subprocess
-import sys
-import tarfile
 
 import pytest
 import torch
-from PIL import Image
 
-from conftest import REPO, TINY, run_cli, write_json
+from conftest import TINY, run_cli
 
 TRANSFORMS = {"image_res": 8, "crop_scale": None, "hflip_prob": 0.0, "randaugment": None, "mean": [0.5] * 3, "std": [0.5] * 3}
-
-
-def _images(tmp_path):
-    """10 good images, and an annotation file with a missing, a corrupt and a truncated image
-    and an empty caption among them."""
-    root = tmp_path / "imgs"
-    root.mkdir()
-    for i in range(10):
-        Image.new("RGB", (20 + i, 16), (20 * i, 100, 200 - 10 * i)).save(root / f"{i}.{'png' if i % 2 else 'jpg'}")
-    (root / "corrupt.jpg").write_bytes(os.urandom(300))
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
-    (root / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    anns = []
-    for i in range(10):
-        anns.append({"image": f"{i}.{'png' if i % 2 else 'jpg'}", "caption": [f"a shape {i}", f"another {i}"] if i % 3 == 0 else f"caption {i}"})
-    anns[4]["image_id"] = "scene-a"
-    anns[7]["image_id"] = "scene-a"
-    anns.insert(2, {"image": "missing.jpg", "caption": "gone"})
-    anns.insert(5, {"image": "corrupt.jpg", "caption": "noise"})
-    anns.insert(8, {"image": "truncated.png", "caption": "half"})
-    anns.insert(9, {"image": "3.png", "caption": ""})
-    return str(root), write_json(tmp_path / "ann.json", anns), anns
-
-
-def _read_tar(path):
-    """key -> {ext: bytes} of a shard, in order."""
-    out = {}
-    with tarfile.open(path) as t:
-        for m in t.getmembers():
-            key, ext = m.name.split(".", 1)
-            out.setdefault(key, {})[ext] = t.extractfile(m).read()
-    return out
-
-
-def test_make_shards_skips_bad_files_and_keeps_the_json_readers_ids(tmp_path):
-    from albef.data.datasets.pretrain_json import PretrainJSON
-    from albef.data.shards import make_shards, read_index, shard_urls
-
-    root, ann, anns = _images(tmp_path)
-    out = str(tmp_path / "shards")
-    idx = make_shards([ann], root, out, shard_size=3, progress=False)
-    assert idx["num_samples"] == 10 and idx["num_skipped"] == 4 and [s["num_samples"] for s in idx["shards"]] == [3, 3, 3, 1]
-    assert idx == read_index(out) and idx["num_image_ids"] == 9  # entries 4 and 7 share "scene-a"
-    lines = open(os.path.join(out, "skipped.txt")).read().splitlines()
-    reasons = {l.split("\t")[0]: l.split("\t")[2] for l in lines}
-    assert reasons[f"{ann}:2"] == "file not found" and reasons[f"{ann}:9"] == "empty caption"
-    assert reasons[f"{ann}:5"].startswith("unreadable image") and reasons[f"{ann}:8"].startswith("unreadable image")
-    samples = {}
-    for url in shard_urls(idx, out):
-        samples.update(_read_tar(url))
-    assert list(samples) == [f"{i:09d}" for i in range(10)]
-    # the JSON reader keeps the bad-image entries (it skips them when read): map by entry
-    ds = PretrainJSON(ann_files=[ann], image_root=root, transforms=TRANSFORMS)
-    good = [i for i, a in enumerate(anns) if i not in (2, 5, 8, 9)]
-    json_entry = [i for i, a in enumerate(anns) if i != 9]  # PretrainJSON drops only the empty caption
-    for n, (key, s) in enumerate(samples.items()):
-        entry = anns[good[n]]
-        meta = json.loads(s["json"])
-        ext = "png" if entry["image"].endswith("png") else "jpg"
-        assert s[ext] == open(os.path.join(root, entry["image"]), "rb").read()  # original bytes
-        caps = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
-        assert meta["captions"] == caps and meta["source"] == f"{ann}:{good[n]}"
-        assert meta["image_id"] == ds.image_id[json_entry.index(good[n])]
-    # resized: shorter side 8, aspect kept; any worker count writes the same payloads
-    r1 = make_shards([ann], root, str(tmp_path / "r1"), shard_size=4, resize=8, progress=False)
-    r2 = make_shards([ann], root, str(tmp_path / "r2"), shard_size=4, resize=8, workers=2, progress=False)
-    assert r1["shards"] == r2["shards"]
-    for u1, u2 in zip(shard_urls(r1, str(tmp_path / "r1")), shard_urls(r2, str(tmp_path / "r2"))):
-        t1, t2 = _read_tar(u1), _read_tar(u2)
-        assert t1 == t2
-        for s in t1.values():
-            img = Image.open(io.BytesIO(s.get("png", s.get("jpg"))))
-            assert min(img.size) == 8
-    first = Image.open(io.BytesIO(_read_tar(shard_urls(r1, str(tmp_path / "r1"))[0])["000000000"]["jpg"]))
-    assert first.size == (10, 8)  # 20x16 -> 10x8
-
-
-def test_make_shards_cli(tmp_path):
-    root, ann, _ = _images(tmp_path)
-    out = str(tmp_path / "cli")
-    cmd = [sys.executable, os.path.join(REPO, "tools", "make_shards.py"), "--ann-files", ann, "--image-root", root, "--out", out, "--shard-size", "4"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "wrote 10 samples" in r.stdout and "skipped 4" in r.stdout
-    r = subprocess.run(cmd[:3] + [str(tmp_path / "nope.json")] + cmd[4:-4] + ["--out", str(tmp_path / "other")], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "nope.json" in r.stderr and not os.path.exists(tmp_path / "other" / "index.json")
-    # a complete set is not overwritten by accident
-    from albef.data.datasets.base import DataError
-    from albef.data.shards import make_shards
-
-    with pytest.raises(DataError, match="index.json exists.*--overwrite"):
-        make_shards([ann], root, out, progress=False)
-    assert make_shards([ann], root, out, shard_size=5, progress=False, overwrite=True)["num_samples"] == 10
-    assert sorted(f for f in os.listdir(out) if f.endswith(".tar")) == ["shard-000000.tar", "shard-000001.tar"]
 
 
 @pytest.fixture(scope="module")

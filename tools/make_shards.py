@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, metavar="OUTDIR")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--resize", type=int, help="shorter image side in pixels (larger images are downscaled and re-encoded)")
-    p.add_argument("--workers", type=int, default=1, help="processes that read and check the images")
+    p.add_argument("--workers", type=int, default=1, help="processes that read, check and resize the images (output is the same for any N)")
     p.add_argument("--caption-key", default="caption", help="the entries' text key (caption; text in grounding files)")
     p.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar, ...")
     p.add_argument("--overwrite", action="store_true", help="replace a shard set already in OUTDIR")
@@ -39,13 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         idx = make_shards(args.ann_files, args.image_root, args.out, shard_size=args.shard_size, resize=args.resize,
                           workers=args.workers, caption_key=args.caption_key, prefix=args.prefix, overwrite=args.overwrite)
-    except ValueError as e:
+    except (ValueError, *USER_ERRORS) as e:  # a bad flag or annotation file: one line naming it, exit 2
         report_user_error(e)
         return 2
-    except USER_ERRORS as e:
-        report_user_error(e)
-        return 2
-    print(f"wrote {idx['num_samples']} samples ({idx['num_image_ids']} images) in {len(idx['shards'])} shard(s) to {args.out}; "
+    print(f"wrote {idx['num_samples']} samples ({idx['num_image_ids']} image ids) in {len(idx['shards'])} shard(s) to {args.out}; "
           f"skipped {idx['num_skipped']} (see {os.path.join(args.out, 'skipped.txt')}); index: {os.path.join(args.out, 'index.json')}")
     return 0
 
