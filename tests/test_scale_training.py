@@ -267,3 +267,37 @@ def test_zero_sharded_optimizer_gives_the_losses_of_plain_ddp(synthetic_root, tm
         torch.testing.assert_close(cb["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
     # the ZeRO checkpoint holds the consolidated optimizer state (every parameter's moments)
     assert len(cb["optimizer"]["state"]) == len(ca["optimizer"]["state"]) > 0
+
+
+def test_resume_position_counts_accumulated_micro_batches(tiny_cfg):
+    from albef.data.build import build_train_sampler
+    from albef.data.datasets.base import DataError  # noqa: F401  (the data layer imports cleanly)
+
+    cfg = tiny_cfg("train.grad_accum_steps=2")
+    s = build_train_sampler(cfg, list(range(48)), start_iter=3)
+    assert s.start == 3 * 8 * 2  # iterations x batch x micro-batches x processes
+
+
+def test_resume_candidates_newest_written_first_and_all_unreadable_is_an_error(tmp_path):
+    from torch import nn
+
+    from albef.checkpoint import ALBEFCheckpointer
+    from albef.checkpoint.checkpointer import CheckpointFormatError
+
+    ck = ALBEFCheckpointer(nn.Linear(2, 2), str(tmp_path))
+    ck.save("model_final", iteration=9)       # a finished run ...
+    os.utime(tmp_path / "model_final.pth", (1, 1))
+    ck.save("model_0000012", iteration=12)    # ... extended (max_iter raised) and preempted
+    (tmp_path / "model_0000013.pth.tmp").write_bytes(b"half")
+    names = [os.path.basename(p) for p in ck.resume_candidates()]
+    assert names == ["model_0000012.pth", "model_final.pth"]
+    path, extra = ck.load_newest_complete()
+    assert path.endswith("model_0000012.pth") and extra["iteration"] == 12
+    # every file cut short: an error naming them, not a silent start from scratch
+    for name in names:
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointFormatError, match="no checkpoint in this output_dir can be read completely") as e:
+        ck.load_newest_complete()
+    assert "model_0000012.pth" in str(e.value) and "model_final.pth" in str(e.value)
+    assert ALBEFCheckpointer(nn.Linear(2, 2), str(tmp_path / "empty")).load_newest_complete() is None

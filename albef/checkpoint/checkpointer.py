@@ -150,37 +150,66 @@ class ALBEFCheckpointer(Checkpointer):
 
     def resume_candidates(self) -> list[str]:
         """The checkpoints ``--resume`` may continue from, newest first: ``model_final.pth``,
-        then ``model_XXXXXXX.pth`` by iteration, then the file ``last_checkpoint`` names (when
-        it is another name); never a ``.tmp`` file being written, nor ``model_best.pth``
-        (written out of order, without the training state)."""
+        ``model_XXXXXXX.pth`` and the file ``last_checkpoint`` names, by time written (then by
+        iteration), so a finished run that was extended and preempted continues from its latest
+        checkpoint, not its old final one. Never a ``.tmp`` file being written, nor
+        ``model_best.pth`` (written out of order, without the training state)."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        names = os.listdir(self.save_dir)
-        numbered = sorted((n for n in names if re.fullmatch(r"model_\d+\.pth", n)), key=lambda n: int(n[6:-4]), reverse=True)
-        out = (["model_final.pth"] if "model_final.pth" in names else []) + numbered
+        names = {n for n in os.listdir(self.save_dir) if n == "model_final.pth" or re.fullmatch(r"model_\d+\.pth", n)}
         tag = os.path.join(self.save_dir, "last_checkpoint")
         if os.path.isfile(tag):
             tagged = open(tag).read().strip()
-            if tagged and tagged not in out and tagged != "model_best.pth" and os.path.isfile(os.path.join(self.save_dir, tagged)):
-                out.append(tagged)
-        return [os.path.join(self.save_dir, n) for n in out]
+            if tagged and tagged != "model_best.pth" and not tagged.endswith(".tmp") and os.path.isfile(os.path.join(self.save_dir, tagged)):
+                names.add(tagged)
+
+        def order(name: str) -> tuple[float, int]:
+            stem = name[len("model_"):-len(".pth")]
+            return os.path.getmtime(os.path.join(self.save_dir, name)), int(stem) if stem.isdigit() else -1
+
+        return [os.path.join(self.save_dir, n) for n in sorted(names, key=order, reverse=True)]
 
     def load_newest_complete(self, checkpointables: list[str] | None = None) -> tuple[str, dict[str, Any]] | None:
         """Load the newest checkpoint that reads completely (:meth:`resume_candidates`): a file
         cut short (a node lost while it was copied or written on a file system without atomic
         renames) is skipped with a warning naming it, and the next older one is tried. Nothing
         is changed by a file that fails: it is read whole before any state is set.
-        Returns (path, extra entries) or None when there is no usable checkpoint."""
+
+        Under several processes rank 0 chooses and every rank loads the same file. Returns
+        (path, extra entries), or None when there is no checkpoint at all; when there are
+        checkpoints but none reads, a :class:`CheckpointFormatError` names each one and why."""
+        if comm.get_world_size() > 1 and not comm.is_main_process():
+            verdict = comm.broadcast_object(None)
+            if "error" in verdict:
+                raise CheckpointFormatError(verdict["error"])
+            if verdict["path"] is None:
+                return None
+            try:
+                return verdict["path"], self.load(verdict["path"], checkpointables=checkpointables)
+            except Exception as e:
+                raise CheckpointFormatError(f"rank {comm.get_rank()} cannot read {verdict['path']}, which rank 0 resumed from: {e}") from e
+        found, failures = None, []
         for path in self.resume_candidates():
             try:
-                extra = self.load(path, checkpointables=checkpointables)
+                found = (path, self.load(path, checkpointables=checkpointables))
+                break
             except (CheckpointFormatError, RuntimeError, EOFError, OSError) as e:
                 if isinstance(e, CheckpointMismatchError) and not isinstance(e, CheckpointFormatError):
+                    if comm.get_world_size() > 1:
+                        comm.broadcast_object({"error": str(e)})
                     raise  # a complete file of another model: an error, not a file to skip
-                logger.warning("--resume: skipping %s, which cannot be read completely (%s)", path, str(e).splitlines()[0][:300])
-                continue
-            return path, extra
-        return None
+                reason = str(e).splitlines()[0][:300]
+                failures.append(reason if path in reason else f"{path}: {reason}")
+                logger.warning("--resume: skipping %s, which cannot be read completely (%s)", path, reason)
+        verdict: dict[str, Any] = {"path": found[0] if found else None}
+        if found is None and failures:
+            verdict = {"error": "--resume: no checkpoint in this output_dir can be read completely (not starting from scratch "
+                                "over them): " + "; ".join(failures)}
+        if comm.get_world_size() > 1:
+            comm.broadcast_object(verdict)
+        if "error" in verdict:
+            raise CheckpointFormatError(verdict["error"])
+        return found
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")

@@ -169,7 +169,7 @@ def build_train_sampler(cfg: DictConfig, dataset: Dataset, start_iter: int = 0):
     :class:`InfiniteSampler` over ``len(dataset)``. Either way rank-sharded and resumable
     from ``start`` (position in the global stream)."""
     ws, rank = comm.get_world_size(), comm.get_rank()
-    start = start_iter * cfg.train.batch_size * ws
+    start = start_iter * cfg.train.batch_size * int(cfg.train.get("grad_accum_steps", 1) or 1) * ws
     if hasattr(dataset, "build_sampler"):
         return dataset.build_sampler(seed=cfg.train.seed, rank=rank, world_size=ws, start=start)
     return InfiniteSampler(len(dataset), seed=cfg.train.seed, rank=rank, world_size=ws, start=start)

@@ -129,14 +129,15 @@ class StreamingLoader:
         self.collate = _StreamCollate(build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)))
         self.pin_memory = runtime.pin_memory(cfg) if pin_memory is None else bool(pin_memory)
         self.prefetch_factor = int(prefetch_factor)
-        if start_iter > 0:  # no saved positions (yet): load_state_dict may bring them
-            self.load_state_dict(None, start_iter)
+        self.start_iter = int(start_iter)
+        self._resolved = start_iter == 0  # a resumed run's position comes from load_state_dict, or is reseeded at __iter__
 
     def state_dict(self) -> dict[str, Any]:
         return {"positions": list(self.positions), "batches": self.batches, "num_workers": self.num_workers,
                 "world_size": self.world_size, "rank": self.rank, "reseed": self.reseed}
 
     def load_state_dict(self, state: dict[str, Any] | None, start_iter: int = 0) -> None:
+        self._resolved = True
         same = (isinstance(state, dict) and state.get("num_workers") == self.num_workers
                 and state.get("world_size") == self.world_size and state.get("rank") == self.rank)
         if same and getattr(self.dataset, "seekable", False):
@@ -154,6 +155,8 @@ class StreamingLoader:
                        "not the exact continuation", start_iter, why)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self._resolved:  # built at start_iter > 0 and given no saved position
+            self.load_state_dict(None, self.start_iter)
         # a new DataLoader starts its round robin at its worker 0: that worker plays the stream
         # whose turn it is, so the batches continue in the uninterrupted order
         nw = max(self.num_workers, 1)

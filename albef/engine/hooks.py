@@ -167,6 +167,19 @@ class PeriodicCheckpointer(HookBase):
         self._fv.step(it, rng=gather_rng_states(), **self.extra(it))
         self._last_save = time.monotonic()
 
+    def _prune(self) -> None:
+        """Keep the newest ``max_to_keep`` numbered checkpoints (fvcore prunes only the ones it
+        wrote; the timed and preemption ones are numbered the same way). Rank 0 only."""
+        if not self.max_to_keep or not comm.is_main_process() or not self.checkpointer.save_dir:
+            return
+        import os
+        import re
+
+        d = self.checkpointer.save_dir
+        numbered = sorted((n for n in os.listdir(d) if re.fullmatch(r"model_\d+\.pth", n)), key=lambda n: int(n[6:-4]))
+        for name in numbered[: -self.max_to_keep]:
+            os.remove(os.path.join(d, name))
+
     def after_step(self) -> None:
         it = self.trainer.iter
         due = (self.period and (it + 1) % self.period == 0) or it >= self.trainer.max_iter - 1
@@ -177,6 +190,7 @@ class PeriodicCheckpointer(HookBase):
             check_nonfinite(self.trainer)
             self.checkpointer.save(f"model_{it:07d}", iteration=it, rng=gather_rng_states(), **self.extra(it))
             self._last_save = time.monotonic()
+            self._prune()
         if preempt and it < self.trainer.max_iter - 1:
             why = self.signals.received or "another rank's signal"
             logger.warning("Preempted (%s): checkpoint of iteration %d written to %s; continue with --resume",

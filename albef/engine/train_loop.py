@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from albef.utils import comm
 from albef.utils.events import EventStorage
 
 logger = logging.getLogger("albef.train")
@@ -222,6 +223,10 @@ class SimpleTrainer(TrainerBase):
             grads = [p.grad for p in self._params if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else total.new_zeros(())
         finite = torch.isfinite(total) & torch.isfinite(grad_norm)
+        if comm.get_world_size() > 1:  # every rank skips or stops together (a rank's own loss can be the bad one)
+            flag = finite.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag.bool()
         terms = {"total_loss": total, "grad_norm": grad_norm.detach(), **{key: v.detach() for key, v in out.items() if key.startswith("loss_")}}
         if self.nonfinite == "skip" and not bool(finite):
             self.num_skipped_steps += 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import logging
 import os
 import random
@@ -136,7 +137,7 @@ class WebDatasetPretrain(IterableDataset):
                     for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
                         if raw:
                             yield raw
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, tarfile.TarError) as e:  # a shard cut short raises tarfile.ReadError
                 if self.strict:
                     raise DataError(f"{url}: cannot read the shard ({e}) (data.strict=true stops here)") from e
                 logger.warning("Skipping the rest of shard %s: %s", url, e)
@@ -221,7 +222,8 @@ class WebDatasetPretrain(IterableDataset):
                 pos += 1
                 name = f"{os.path.basename(str(raw.get('__url__', '?')))}#{raw.get('__key__', '?')}"
                 try:
-                    sample = self._decode(raw, epoch)
+                    # resampled: a sample drawn again gets a new crop and caption (the draw count)
+                    sample = self._decode(raw, pos if self.resampled else epoch)
                 except OSError as e:
                     if self.strict:
                         raise DataError(f"{raw.get('__url__', '?')} sample {raw.get('__key__', '?')}: {e} (data.strict=true stops here)") from e
