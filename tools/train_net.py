@@ -26,8 +26,9 @@ def main(args) -> None:
         cfg = setup(args)
         trainer = trainer_class(cfg)(cfg, eval_only=args.eval_only)
         if args.eval_only:
-            if args.resume and trainer.checkpointer.has_checkpoint():
-                trainer.checkpointer.load(trainer.checkpointer.get_checkpoint_file(), checkpointables=[])
+            found = trainer.checkpointer.load_newest_complete(checkpointables=[]) if args.resume else None
+            if found is not None:
+                logger.info("--eval-only --resume: evaluating %s", found[0])
             elif cfg.model.weights:
                 trainer.resume_or_load(resume=False)
             else:

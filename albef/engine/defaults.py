@@ -369,7 +369,12 @@ class DefaultTrainer:
             loader.load_state_dict(states[comm.get_rank()] if ok else None, start_iter=self.start_iter)
         self.train_loader = loader
         trainer = self.build_trainer(loader)
-        trainer.train(self.start_iter, cfg.train.max_iter)
+        try:
+            trainer.train(self.start_iter, cfg.train.max_iter)
+        finally:
+            for h in trainer._hooks:
+                if isinstance(h, H.PeriodicCheckpointer):
+                    h.restore_signals()
         ev = [h for h in trainer._hooks if isinstance(h, H.EvalHook)]
         return ev[0].latest if ev else None
 

@@ -146,7 +146,9 @@ class PeriodicCheckpointer(HookBase):
         if self.signals is not None:
             self.signals.install()
 
-    def after_train(self) -> None:
+    def restore_signals(self) -> None:
+        """Put the previous signal handlers back: called once the run is over (after the
+        final evaluation, so a signal during it does not kill a finished run)."""
         if self.signals is not None:
             self.signals.restore()
 
