@@ -445,18 +445,14 @@ def per_sample_costs(ann: str, shard_dir: str | None, dataset, tokenizer, max_to
             blobs.append(f.read())
     out = {"read_file_s": (time.perf_counter() - t0) / len(entries)}
     if shard_dir is not None:
-        from webdataset.tariterators import group_by_keys, tar_file_expander
-
-        from albef.data.shards import read_index, shard_urls
+        from albef.data.shards import iter_shard, read_index, shard_urls
 
         urls = shard_urls(read_index(shard_dir), shard_dir)
         t0, count, nbytes = time.perf_counter(), 0, 0
         for url in urls:
-            with open(url, "rb") as stream:
-                for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                    if raw:
-                        count += 1
-                        nbytes += len(raw.get("jpg", b""))
+            for raw in iter_shard(url):
+                count += 1
+                nbytes += len(raw.get("jpg", b""))
         out["read_shard_s"] = (time.perf_counter() - t0) / max(count, 1)
         out["shard_bytes_per_sample"] = nbytes / max(count, 1)
     t0 = time.perf_counter()

@@ -116,6 +116,13 @@ def format_load_report(missing: list[str], unexpected: list[str], mismatched: li
     return "\n".join(lines)
 
 
+def numbered_checkpoints(save_dir: str) -> list[str]:
+    """The ``model_XXXXXXX.pth`` names in ``save_dir``, by iteration (oldest first)."""
+    if not save_dir or not os.path.isdir(save_dir):
+        return []
+    return sorted((n for n in os.listdir(save_dir) if re.fullmatch(r"model_\d+\.pth", n)), key=lambda n: int(n[len("model_"):-len(".pth")]))
+
+
 class ALBEFCheckpointer(Checkpointer):
     """fvcore's Checkpointer with weights-only loading and strict key checking by default."""
 
@@ -156,7 +163,7 @@ class ALBEFCheckpointer(Checkpointer):
         ``model_best.pth`` (written out of order, without the training state)."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        names = {n for n in os.listdir(self.save_dir) if n == "model_final.pth" or re.fullmatch(r"model_\d+\.pth", n)}
+        names = set(numbered_checkpoints(self.save_dir)) | ({"model_final.pth"} & set(os.listdir(self.save_dir)))
         tag = os.path.join(self.save_dir, "last_checkpoint")
         if os.path.isfile(tag):
             tagged = open(tag).read().strip()

@@ -8,7 +8,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from albef.config import runtime
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
 from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, LOADER_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component
@@ -184,13 +183,6 @@ def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0)
     if node.get("name", "auto") in (None, "auto"):
         node["name"] = getattr(_base_dataset(dataset), "loader", "MapStyleLoader")
     return build_component(LOADER_REGISTRY, node, where="data.loader", cfg=cfg, dataset=dataset, tokenizer=tokenizer, start_iter=start_iter)
-
-
-def epoch_size(dataset) -> int | None:
-    """Pairs per epoch of a training set (None: a stream that does not know)."""
-    from albef.data.loaders import epoch_size as _size
-
-    return _size(dataset)
 
 
 def build_test_loader(cfg: DictConfig, dataset, tokenizer, batch_size: int) -> DataLoader:

@@ -159,9 +159,8 @@ class StreamingLoader:
             self.load_state_dict(None, self.start_iter)
         # a new DataLoader starts its round robin at its worker 0: that worker plays the stream
         # whose turn it is, so the batches continue in the uninterrupted order
-        nw = max(self.num_workers, 1)
-        self.dataset.set_stream(self.rank, self.world_size, self.num_workers, list(self.positions), self.reseed, worker_offset=self.batches % nw)
         nw = self.num_workers
+        self.dataset.set_stream(self.rank, self.world_size, nw, list(self.positions), self.reseed, worker_offset=self.batches % max(nw, 1))
         loader = DataLoader(
             self.dataset, batch_size=self.cfg.train.batch_size, num_workers=nw, collate_fn=self.collate, drop_last=True,
             pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor if nw > 0 else None,

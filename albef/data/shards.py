@@ -74,6 +74,17 @@ def shard_urls(index: dict[str, Any], index_dir: str) -> list[str]:
     return [u if "://" in u else os.path.abspath(os.path.join(index_dir, u)) for u in (s["url"] for s in index["shards"])]
 
 
+def iter_shard(url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard, in order: ``{"__key__", "__url__", <ext>: bytes, ...}``
+    (opened through iopath; webdataset's tar expansion and key grouping)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with PathManager.open(url, "rb") as stream:
+        for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+            if raw:  # the end-of-file marker
+                yield raw
+
+
 def _check_ann_files(ann_files: Sequence[str], caption_key: str) -> int:
     """Number of entries; a missing/invalid file or malformed entry is a DataError naming it.
     Run before anything is written, so a bad last file does not leave half a shard set."""

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from albef.checkpoint import ALBEFCheckpointer, set_rng_state
 from albef.config import config_to_dict, dump_config, load_config, runtime
 from albef.data import build as data_build
+from albef.data.loaders import epoch_size
 from albef.data.tokenization import build_tokenizer
 from albef.engine import hooks as H
 from albef.engine.train_loop import SimpleTrainer
@@ -171,8 +172,8 @@ class DefaultTrainer:
             self.alpha_ramp_iters = int(ramp)
         elif self.train_set is None:
             self.alpha_ramp_iters = 0
-        elif data_build.epoch_size(self.train_set) is not None:  # one epoch
-            self.alpha_ramp_iters = math.ceil(data_build.epoch_size(self.train_set) / self.global_batch)
+        elif epoch_size(self.train_set) is not None:  # one epoch
+            self.alpha_ramp_iters = math.ceil(epoch_size(self.train_set) / self.global_batch)
         else:
             raise ValueError("train.alpha_warmup_iters must be set: the training set does not know its size "
                              "(a streaming dataset without an index), so the ramp cannot be one epoch")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from fvcore.common.checkpoint import PeriodicCheckpointer as _FvPeriodicCheckpoi
 from fvcore.common.param_scheduler import ParamScheduler
 
 from albef.checkpoint import gather_rng_states
+from albef.checkpoint.checkpointer import numbered_checkpoints
 from albef.engine.train_loop import HookBase
 from albef.utils import comm
 from albef.utils.events import EventWriter
@@ -172,14 +174,10 @@ class PeriodicCheckpointer(HookBase):
     def _prune(self) -> None:
         """Keep the newest ``max_to_keep`` numbered checkpoints (fvcore prunes only the ones it
         wrote; the timed and preemption ones are numbered the same way). Rank 0 only."""
-        if not self.max_to_keep or not comm.is_main_process() or not self.checkpointer.save_dir:
+        if not self.max_to_keep or not comm.is_main_process():
             return
-        import os
-        import re
-
         d = self.checkpointer.save_dir
-        numbered = sorted((n for n in os.listdir(d) if re.fullmatch(r"model_\d+\.pth", n)), key=lambda n: int(n[6:-4]))
-        for name in numbered[: -self.max_to_keep]:
+        for name in numbered_checkpoints(d)[: -self.max_to_keep]:
             os.remove(os.path.join(d, name))
 
     def after_step(self) -> None:

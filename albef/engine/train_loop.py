@@ -189,9 +189,9 @@ class SimpleTrainer(TrainerBase):
             for path, reason in skipped:
                 logger.warning("Skipped sample %s: %s (iteration %d, %d skipped so far)", path, reason, self.iter, self.num_skipped)
         ids = batch.pop("sample_id", None)
-        if ids is None:
-            ids = batch["image_id"].tolist() if isinstance(batch.get("image_id"), torch.Tensor) else []
-        return batch, list(ids)
+        if ids is None:  # the image ids stand in; made a list only if a report needs it
+            ids = batch.get("image_id", [])
+        return batch, ids
 
     def run_step(self) -> None:
         k = self.grad_accum_steps
@@ -212,7 +212,7 @@ class SimpleTrainer(TrainerBase):
             totals.append(losses.detach())
             outs.append(out)
             states.append(state)
-            sample_ids.extend(ids)
+            sample_ids.append(ids)
         self.check_nonfinite()  # the previous step's flag: its work is done by now
         total = totals[0] if k == 1 else torch.stack(totals).mean()
         out = outs[0] if k == 1 else {key: _mean([o[key] for o in outs]) for key in outs[0]}
@@ -288,7 +288,9 @@ def _host_flag(flag: torch.Tensor) -> tuple[torch.Tensor, Any]:
     return host, event
 
 
-def _describe(terms: dict[str, torch.Tensor], sample_ids: list, max_ids: int = 64) -> str:
+def _describe(terms: dict[str, torch.Tensor], per_batch_ids: list, max_ids: int = 64) -> str:
+    """The loss terms and the sample ids of an iteration's (micro-)batches, for a report."""
+    sample_ids = [i for ids in per_batch_ids for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
     values = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
     shown = ", ".join(map(str, sample_ids[:max_ids])) + (f", ... ({len(sample_ids)} in all)" if len(sample_ids) > max_ids else "")
     return f"{values}; samples of the batch: [{shown}]"

@@ -48,12 +48,22 @@ def resolve_image_path(image: str, image_root: str) -> str:
 def load_image(path: str) -> Image.Image:
     """Open ``path`` as RGB; raise ``OSError`` with a reason for a missing, unreadable or truncated file."""
     try:
-        with PathManager.open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()  # decode now so truncation is detected here
-            return img.convert("RGB")
+        f = PathManager.open(path, "rb")
     except FileNotFoundError as e:
         raise OSError("file not found") from e
+    except (OSError, ValueError) as e:
+        raise OSError(f"unreadable image ({e})") from e
+    with f:
+        return decode_image(f)
+
+
+def decode_image(f) -> Image.Image:
+    """Decode the image in the binary file object ``f`` as RGB; raise ``OSError`` with a reason
+    for an unreadable or truncated one (a file on disk, or the bytes of a shard sample)."""
+    try:
+        img = Image.open(f)
+        img.load()  # decode now so truncation is detected here
+        return img.convert("RGB")
     except UnidentifiedImageError as e:
         raise OSError("unreadable image (not a recognised image format, or truncated before its header ends)") from e
     except (OSError, SyntaxError, ValueError) as e:

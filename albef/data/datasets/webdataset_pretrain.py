@@ -11,10 +11,9 @@ import zlib
 from typing import Any, Iterator, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
-from albef.data.datasets.base import DataError, sample_rng
+from albef.data.datasets.base import DataError, decode_image, sample_rng
 from albef.data.text import pre_caption
 from albef.data.transforms import PairedHorizontalFlip, build_transforms
 from albef.utils import comm
@@ -128,15 +127,12 @@ class WebDatasetPretrain(IterableDataset):
 
     def _read_shards(self, shard_ids) -> Iterator[dict[str, Any]]:
         """Raw samples (``__key__``, ``__url__``, extension -> bytes) of the shards, in order."""
-        from webdataset.tariterators import group_by_keys, tar_file_expander
+        from albef.data.shards import iter_shard
 
         for i in shard_ids:
             url = self.urls[i]
             try:
-                with PathManager.open(url, "rb") as stream:
-                    for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
-                        if raw:
-                            yield raw
+                yield from iter_shard(url)
             except (OSError, ValueError, tarfile.TarError) as e:  # a shard cut short raises tarfile.ReadError
                 if self.strict:
                     raise DataError(f"{url}: cannot read the shard ({e}) (data.strict=true stops here)") from e
@@ -192,14 +188,7 @@ class WebDatasetPretrain(IterableDataset):
         caps = [c for c in (pre_caption(c, self.max_words) for c in caps if isinstance(c, str)) if c]
         if not caps:
             raise OSError("empty caption")
-        try:
-            img = Image.open(io.BytesIO(raw[ext]))
-            img.load()
-            img = img.convert("RGB")
-        except UnidentifiedImageError as e:
-            raise OSError("unreadable image (not a recognised image format, or truncated before its header ends)") from e
-        except (OSError, SyntaxError, ValueError) as e:
-            raise OSError(f"unreadable image ({e})") from e
+        img = decode_image(io.BytesIO(raw[ext]))
         number = int(key) if str(key).isdigit() else zlib.crc32(str(key).encode())
         rng = sample_rng(self.seed, epoch, number)
         caption = rng.choice(caps)
