@@ -2,7 +2,6 @@
 tokenizer, collate function and tools/build_vocab.py."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import random
@@ -21,7 +20,8 @@ from albef.data.datasets.pretrain_json import PretrainJSON
 from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
 from albef.data.samplers import InfiniteSampler
 from albef.data.text import pre_caption
-from albef.data.tokenization import PretrainCollator, TokenizerError, build_tokenizer, tokenize
+from albef.data.collate import PretrainCollator
+from albef.data.tokenization import TokenizerError, build_tokenizer, tokenize
 from albef.data.transforms import OFFICIAL_AUGS, PairedHorizontalFlip, RandomAugment, TrainTransform
 from albef.data.transforms import TestTransform as EvalTransform
 
@@ -505,6 +505,30 @@ def test_build_tokenizer_bad_path(tmp_path):
     assert "no_such_dir" in str(ei.value)
 
 
+@pytest.mark.parametrize("value", ["{tmp}/vocab.txt", "{tmp}/no_such_dir", "./no_such_dir/vocab", "a/b/vocab", "vocab.json"])
+def test_build_tokenizer_missing_path_says_not_found(tmp_path, value, monkeypatch):
+    import transformers
+
+    def hub(*a, **k):
+        raise AssertionError("a path must not be looked up on the hub")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", hub)
+    value = value.format(tmp=tmp_path)
+    with pytest.raises(TokenizerError) as ei:
+        build_tokenizer(value)
+    msg = str(ei.value)
+    assert value in msg and "does not exist" in msg and "Repo id" not in msg, msg
+
+
+@pytest.mark.parametrize("value", ["bert-base-uncased", "google-bert/bert-base-uncased"])
+def test_build_tokenizer_hub_names_still_go_to_transformers(value, monkeypatch):
+    import transformers
+
+    calls = []
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda name, *a, **k: calls.append(name) or "tok")
+    assert build_tokenizer(value) == "tok" and calls == [value]
+
+
 def test_build_tokenizer_wrong_file(tmp_path):
     p = tmp_path / "vocab.json"
     p.write_text("{}")
@@ -576,13 +600,6 @@ def test_build_vocab_tool(tmp_path):
     assert "person" in tok.tokenize(pre_caption(caps[1]))  # preprocessed like training captions
 
 
-def _build_vocab_main():
-    spec = importlib.util.spec_from_file_location("_build_vocab_tool", BUILD_VOCAB)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
 def test_build_vocab_tool_missing_file(tmp_path):
     missing = str(tmp_path / "nope.json")
     r = _run_build_vocab("--ann-files", missing, "--out-dir", str(tmp_path / "o"))
@@ -592,15 +609,26 @@ def test_build_vocab_tool_missing_file(tmp_path):
     assert not (tmp_path / "o" / "vocab.txt").exists()
 
 
-def test_build_vocab_tool_invalid_json(tmp_path, capsys):
+# The tool prints these errors of the library function as one line and exits 2 (its own
+# command line is tested above, in a subprocess); here the function is called directly.
+VOCAB_ERRORS = (DataError, ValueError, KeyError)
+
+
+def test_build_vocab_tool_invalid_json(tmp_path):
+    from albef.data.vocab import build_wordpiece_vocab
+
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
-    assert _build_vocab_main()(["--ann-files", str(bad), "--out-dir", str(tmp_path / "o")]) == 2
-    assert "error" in capsys.readouterr().err
+    with pytest.raises(VOCAB_ERRORS) as ei:
+        build_wordpiece_vocab([str(bad)], str(tmp_path / "o"))
+    assert str(bad) in str(ei.value)
 
 
 @pytest.mark.parametrize("content", [{"image": "x.jpg", "caption": "a red square"}, [{"image": "x.jpg", "caption": 5}]])
-def test_build_vocab_tool_malformed_json(tmp_path, capsys, content):
+def test_build_vocab_tool_malformed_json(tmp_path, content):
+    from albef.data.vocab import build_wordpiece_vocab
+
     ann = write_json(tmp_path / "d.json", content)
-    assert _build_vocab_main()(["--ann-files", ann, "--out-dir", str(tmp_path / "o")]) == 2
-    assert ann in capsys.readouterr().err
+    with pytest.raises(VOCAB_ERRORS) as ei:
+        build_wordpiece_vocab([ann], str(tmp_path / "o"))
+    assert ann in str(ei.value)

@@ -405,21 +405,20 @@ def test_weights_strict_is_a_config_key():
 
 # --------------------------------------------------------------------------- the tool
 def test_tool_safetensors_round_trip(tmp_path, official_sd):
-    import importlib.util
+    """The tool's conversion (albef.checkpoint.convert), in-process: .safetensors and .pth agree, and back."""
+    from albef.checkpoint.convert import convert_checkpoint_file
 
-    spec = importlib.util.spec_from_file_location("convert_albef_checkpoint", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     st, pt = str(tmp_path / "ours.safetensors"), str(tmp_path / "ours.pth")
-    assert tool.main([OFFICIAL, st, "--config-file", CONFIG]) == 0
-    assert tool.main([OFFICIAL, pt, "--config-file", CONFIG, "--format", "pt"]) == 0
+    assert convert_checkpoint_file(OFFICIAL, st, config_file=CONFIG).written
+    assert convert_checkpoint_file(OFFICIAL, pt, config_file=CONFIG, fmt="pt").written
     a, b = read_checkpoint_file(st), torch.load(pt, weights_only=True)
     assert a["safetensors_metadata"]["format"] == "albef" and b["task"] == "pretrain" and b["conversion_report"]["complete"]
     assert set(a["model"]) == set(b["model"])  # safetensors stores keys sorted
     for k, v in b["model"].items():
         assert torch.equal(a["model"][k], v), k
     back = str(tmp_path / "official.safetensors")
-    assert tool.main([st, back, "--to-official", "--config-file", CONFIG]) == 0
+    res = convert_checkpoint_file(st, back, to_official=True, config_file=CONFIG)
+    assert res.written and res.format == "safetensors"
     off = read_checkpoint_file(back)["model"]
     assert set(off) == set(official_sd)
     for k, v in official_sd.items():
