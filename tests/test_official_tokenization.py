@@ -11,7 +11,8 @@ import torch
 from conftest import REPO
 
 from albef.data.text import pre_caption
-from albef.data.tokenization import PretrainCollator, TokenizerError, build_tokenizer, tokenize
+from albef.data.collate import PretrainCollator
+from albef.data.tokenization import TokenizerError, build_tokenizer, tokenize
 
 WORDS = ["a", "red", "blue", "square", "circle", "left", "right", "of", "big", "small"]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4; words 5..14

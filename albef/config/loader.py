@@ -26,6 +26,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from albef.config.defaults import get_default_config_dict
+from albef.config.errors import ConfigError
+from albef.config.paths import core_config_file
 from albef.utils.file_io import PathManager
 
 BASE_KEY = "_base_"
@@ -62,10 +64,6 @@ _Yaml12Loader.add_implicit_resolver(
 
 def yaml_load(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Yaml12Loader)
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the file and key."""
 
 
 def _is_component(node: Any) -> bool:
@@ -195,8 +193,6 @@ def _file_layers(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict
             if not isinstance(b, str):
                 raise ConfigError(f"{path}: '{BASE_KEY}' must be a path or a list of paths, got {b!r}.")
             if b.startswith(CORE_PREFIX):
-                from albef.config.paths import core_config_file
-
                 b_path = core_config_file(b[len(CORE_PREFIX):])
             else:
                 b_path = b if os.path.isabs(b) or "://" in b else os.path.join(os.path.dirname(path), b)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from albef.config.errors import ConfigError
+
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../albef
 
 
@@ -22,8 +24,6 @@ def core_config_dir() -> str:
 
 def core_config_file(name: str) -> str:
     """``core_config_file("pretrain/synthetic.yaml")`` -> its absolute path; a missing name is an error listing the folders."""
-    from albef.config.loader import ConfigError
-
     root = core_config_dir()
     path = os.path.normpath(os.path.join(root, name))
     if not path.startswith(root + os.sep) or not os.path.isfile(path):

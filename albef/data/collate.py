@@ -84,6 +84,12 @@ class ImageTextCollator:
         }
 
 
+def PretrainCollator(tokenizer, max_tokens: int, with_image_ids: bool = True, tokenization: str = "ours") -> ImageTextCollator:
+    """The pretraining batch (``image``, ``input_ids``/``attention_mask`` [B, L] of the caption,
+    ``image_id``, ``skipped``): an :class:`ImageTextCollator` on ``caption``."""
+    return ImageTextCollator(tokenizer, max_tokens, tokenization=tokenization, text_field="caption", with_image_ids=with_image_ids)
+
+
 class VQACollator(ImageTextCollator):
     """:class:`ImageTextCollator` plus the answers of VQA samples, flattened over the batch.
 

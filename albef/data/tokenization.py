@@ -88,11 +88,3 @@ def tokenize(tokenizer, texts: Sequence[str], max_tokens: int, pad_to_max: bool 
     mask = mask.scatter(1, last, 0)
     length = max_tokens if pad_to_max else int(last.max()) if ids.numel() else 0
     return {"input_ids": ids[:, :length].contiguous(), "attention_mask": mask[:, :length].contiguous()}
-
-
-def PretrainCollator(tokenizer, max_tokens: int, with_image_ids: bool = True, tokenization: str = "ours"):
-    """The pretraining batch (``image``, ``input_ids``/``attention_mask`` of the caption,
-    ``image_id``, ``skipped``): an :class:`albef.data.collate.ImageTextCollator` on ``caption``."""
-    from albef.data.collate import ImageTextCollator
-
-    return ImageTextCollator(tokenizer, max_tokens, tokenization=tokenization, text_field="caption", with_image_ids=with_image_ids)
