@@ -7,8 +7,9 @@ Writes one PNG: the image, the sentence's heat map and one heat map per word, la
 Works with any checkpoint whose model has an ITM head (pretraining, retrieval, grounding):
 the config builds the model, ``--weights`` fills it (ours or official, converted on the
 fly). The map is the ITM Grad-CAM on the cross-attention of fusion layer ``--layer``
-(default: the config's grounding evaluator's layer, else layer n/2 - 1 of n: the 3rd of 6, as official); the
-same function is :func:`albef.modeling.gradcam.explain` for notebooks. Needs matplotlib
+(default: the config's grounding evaluator's layer, else layer n/2 - 1 of n: the 3rd of 6, as official).
+The same in a notebook: :func:`albef.utils.visualization.gradcam_png` (this figure) or
+:func:`albef.modeling.gradcam.explain` (the maps). Needs matplotlib
 (``pip install 'albef[report]'``). Exit status: 0 done, 2 bad input.
 """
 from __future__ import annotations
@@ -31,15 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("opts", nargs="*", help="config overrides KEY=VALUE")
     args = p.parse_args(argv)
 
-    from albef.checkpoint import ALBEFCheckpointer
     from albef.config import load_config
     from albef.data.datasets.base import load_image
-    from albef.data.tokenization import build_tokenizer
-    from albef.data.transforms import build_transforms
-    from albef.modeling import build_model
-    from albef.modeling.gradcam import explain
-    from albef.utils.visualization import gradcam_figure
-    from omegaconf import OmegaConf
+    from albef.modeling.build import build_model_from_weights
+    from albef.utils.visualization import gradcam_png
 
     try:
         cfg = load_config(args.config_file, [f"model.weights={args.weights}", *args.opts])
@@ -51,28 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: --image {args.image}: {e}", file=sys.stderr)
         return 2
-    tok = build_tokenizer(cfg.data.tokenizer)
-    model = build_model(cfg, tok)
-    if not model.has_head("itm"):
-        print(f"error: the model of {args.config_file} has no ITM head (model.heads.itm with an ITM objective); "
-              "Grad-CAM explains the ITM match score", file=sys.stderr)
-        return 2
-    ALBEFCheckpointer(model).load_weights(args.weights, strict=bool(cfg.model.weights_strict))
-    layer = args.layer
-    if layer is None:
-        node = next((v for v in (cfg.eval or {}).values() if v is not None and v.get("name") == "GroundingEvaluator"
-                     and v.get("gradcam", "itm") == "itm"), None)
-        layer = int(node.get("layer", 2)) if node is not None else max(len(model.fusion.layer) // 2 - 1, 0)  # 6 layers: the 3rd, as official
-    transform = build_transforms(OmegaConf.to_container(cfg.data.transforms, resolve=True), is_train=False)
+
+    def needs_itm(model) -> None:  # refused before the weights are read
+        if not model.has_head("itm"):
+            raise ValueError(f"the model of {args.config_file} has no ITM head (model.heads.itm with an ITM objective); "
+                             "Grad-CAM explains the ITM match score")
+
     try:
-        sentence, words, p_match = explain(model, tok, transform(image), args.text, layer=layer, max_tokens=cfg.data.max_tokens)
+        model, tok, _, _ = build_model_from_weights(cfg, args.weights, check=needs_itm)
+        layer, n_words, p_match = gradcam_png(cfg, model, tok, image, args.text, args.out, layer=args.layer)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    gradcam_figure(image, args.text, sentence, words, args.out,
-                   title=f"ITM Grad-CAM, fusion layer {layer} cross-attention; p(match) = {p_match:.2f}")
-    print(f"wrote {args.out} ({len(words)} words, p(match) {p_match:.3f})")
+    print(f"wrote {args.out} ({n_words} words, p(match) {p_match:.3f})")
     return 0
 
 

@@ -58,13 +58,15 @@ def build_model(cfg: DictConfig, tokenizer: Any = None, public_init: bool | None
     return model
 
 
-def build_model_from_weights(cfg: DictConfig, weights: str, strict: bool | None = None):
+def build_model_from_weights(cfg: DictConfig, weights: str, strict: bool | None = None, check=None):
     """For tools that analyse a trained checkpoint: ``(model, tokenizer, device, amp)``.
 
     The config's tokenizer and model, ``weights`` loaded (ours or an official file; strict
     unless ``model.weights_strict=false`` or ``strict`` says otherwise), moved to CUDA when
     there is one and put in eval mode; ``amp``: bf16 as training has it (auto = on a CUDA
-    device that supports it, never on the CPU)."""
+    device that supports it, never on the CPU). ``check(model)``, if given, runs on the built
+    model before the weights are read: a tool refuses a model it cannot use (e.g. one without
+    the head it explains) with its own message, not with the load's mismatch report."""
     import torch
 
     from albef.checkpoint import ALBEFCheckpointer
@@ -72,6 +74,8 @@ def build_model_from_weights(cfg: DictConfig, weights: str, strict: bool | None 
 
     tok = build_tokenizer(cfg.data.tokenizer)
     model = build_model(cfg, tok)
+    if check is not None:
+        check(model)
     ALBEFCheckpointer(model).load_weights(weights, strict=bool(cfg.model.weights_strict) if strict is None else strict)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()

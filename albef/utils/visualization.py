@@ -58,3 +58,32 @@ def gradcam_figure(image, text: str, sentence: torch.Tensor, words: Sequence[tup
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
+
+
+def default_gradcam_layer(cfg, model) -> int:
+    """The fusion layer whose cross-attention Grad-CAM explains: the config's ITM
+    ``GroundingEvaluator``'s ``layer``, else layer n/2 - 1 of n (the 3rd of 6, as official)."""
+    node = next((v for v in (cfg.eval or {}).values() if v is not None and v.get("name") == "GroundingEvaluator"
+                 and v.get("gradcam", "itm") == "itm"), None)
+    return int(node.get("layer", 2)) if node is not None else max(len(model.fusion.layer) // 2 - 1, 0)
+
+
+def gradcam_png(cfg, model, tokenizer, image, text: str, out_path: str, layer: int | None = None) -> tuple[int, int, float]:
+    """The ITM Grad-CAM figure of one PIL ``image`` and ``text`` (:func:`gradcam_figure`) at
+    ``out_path``, the image transformed as ``cfg``'s evaluation does; ``layer``: default
+    :func:`default_gradcam_layer`. Returns (layer, number of words, p(match)). Raises
+    ValueError for a text the model cannot explain."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from albef.data.transforms import build_transforms
+    from albef.modeling.gradcam import explain
+
+    layer = default_gradcam_layer(cfg, model) if layer is None else layer
+    transform = build_transforms(OmegaConf.to_container(cfg.data.transforms, resolve=True), is_train=False)
+    sentence, words, p_match = explain(model, tokenizer, transform(image), text, layer=layer, max_tokens=cfg.data.max_tokens)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    gradcam_figure(image, text, sentence, words, out_path,
+                   title=f"ITM Grad-CAM, fusion layer {layer} cross-attention; p(match) = {p_match:.2f}")
+    return layer, len(words), p_match
