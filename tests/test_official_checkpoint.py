@@ -17,14 +17,10 @@ import torch.nn.functional as F
 from conftest import REPO, official_meta_state
 
 from albef.checkpoint import ALBEFCheckpointer, CheckpointFormatError, CheckpointMismatchError, read_checkpoint_file
-from albef.checkpoint.official import (
-    convert_official_to_ours,
-    convert_ours_to_official,
-    detect_official_task,
-    format_report,
-    interpolate_pos_embed,
-    is_official_state_dict,
-)
+from albef.checkpoint.detect import detect_official_task, is_official_state_dict
+from albef.checkpoint.official import convert_official_to_ours, convert_ours_to_official
+from albef.checkpoint.pos_embed import interpolate_pos_embed
+from albef.checkpoint.report import format_report
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "official_tiny")
 OFFICIAL = os.path.join(FIXTURE, "albef_tiny_official.pth")

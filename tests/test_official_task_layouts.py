@@ -27,14 +27,9 @@ import torch.nn.functional as F
 from conftest import REPO, official_meta_state
 
 from albef.checkpoint import ALBEFCheckpointer
-from albef.checkpoint.official import (
-    convert_official_to_ours,
-    convert_ours_to_official,
-    detect_official_task,
-    detect_our_task,
-    format_report,
-    official_to_ours_keys,
-)
+from albef.checkpoint.detect import detect_official_task, detect_our_task
+from albef.checkpoint.official import convert_official_to_ours, convert_ours_to_official, official_to_ours_keys
+from albef.checkpoint.report import format_report
 
 KEYS = os.path.join(REPO, "tests", "fixtures", "official_task_keys")
 TOOL = os.path.join(REPO, "tools", "convert_albef_checkpoint.py")

@@ -328,7 +328,7 @@ def test_loading_a_checkpoint_without_ema_weights_copies_the_loaded_ones(pretrai
 
 
 def test_resolution_change_interpolates_position_embeddings(pretrained_ckpt, synthetic_root, tmp_path, tokenizer):
-    from albef.checkpoint.official import interpolate_pos_embed
+    from albef.checkpoint.pos_embed import interpolate_pos_embed
 
     path, src = pretrained_ckpt
     model, rep = _load_into("ve", synthetic_root, tmp_path, tokenizer, path, "model.vision_encoder.img_size=48")

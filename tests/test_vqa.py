@@ -272,7 +272,9 @@ def test_vqa_json_weights_and_errors_name_file_and_entry(tmp_path):
 def test_paper_vqa_layout_converts_completely_onto_the_vqav2_config():
     from test_official_task_layouts import paper_model, read_key_list
 
-    from albef.checkpoint.official import convert_official_to_ours, detect_our_task, format_report
+    from albef.checkpoint.detect import detect_our_task
+    from albef.checkpoint.official import convert_official_to_ours
+    from albef.checkpoint.report import format_report
 
     official = read_key_list("vqa_384.txt")
     model = paper_model("configs/vqa/vqav2.yaml")

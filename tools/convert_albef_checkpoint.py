@@ -47,7 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from albef.checkpoint.checkpointer import CheckpointFormatError  # noqa: E402
 from albef.checkpoint.convert import DEFAULT_CONFIG, ConversionError, convert_checkpoint_file  # noqa: E402
-from albef.checkpoint.official import TASKS, format_report  # noqa: E402
+from albef.checkpoint.official import TASKS  # noqa: E402
+from albef.checkpoint.report import format_report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

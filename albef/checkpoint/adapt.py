@@ -31,7 +31,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from albef.checkpoint.official import LoadReport, interpolate_pos_embed
+from albef.checkpoint.pos_embed import interpolate_pos_embed
+from albef.checkpoint.report import LoadReport
 
 _QUEUE = ("teacher.queue.image_queue", "teacher.queue.text_queue", "teacher.queue.idx_queue", "teacher.queue.ptr")
 

@@ -241,10 +241,12 @@ class ALBEFCheckpointer(Checkpointer):
         filled or explained (:func:`albef.checkpoint.adapt.adapt_state_dict`). An
         incomplete fit is an error with ``strict`` (the report says what is missing or
         unexplained), otherwise the part that fits is loaded and the report logged.
-        Returns the :class:`~albef.checkpoint.official.LoadReport`.
+        Returns the :class:`~albef.checkpoint.report.LoadReport`.
         """
         from albef.checkpoint.adapt import adapt_state_dict
-        from albef.checkpoint.official import LoadReport, convert_official_to_ours, format_report, is_official_state_dict
+        from albef.checkpoint.detect import is_official_state_dict
+        from albef.checkpoint.official import convert_official_to_ours
+        from albef.checkpoint.report import LoadReport, format_report
 
         if path and not os.path.isfile(path) and not os.path.isfile(self.path_manager.get_local_path(path)):
             raise CheckpointFormatError(f"{path}: checkpoint file not found")

@@ -22,14 +22,9 @@ from typing import Any, Sequence
 import torch
 
 from albef.checkpoint.checkpointer import CheckpointFormatError, format_load_report, read_checkpoint_file, write_safetensors
-from albef.checkpoint.official import (
-    LoadReport,
-    convert_official_to_ours,
-    convert_ours_to_official,
-    detect_official_task,
-    detect_our_task,
-    is_official_state_dict,
-)
+from albef.checkpoint.detect import detect_official_task, detect_our_task, is_official_state_dict
+from albef.checkpoint.official import convert_official_to_ours, convert_ours_to_official
+from albef.checkpoint.report import LoadReport
 
 # The official release's backbone (ViT-B/16 + BERT-base), for official files without a config.
 DEFAULT_CONFIG = "pretrain/ALBEF-4M.yaml"

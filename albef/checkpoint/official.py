@@ -44,191 +44,29 @@ weights, parts the model lacks dropped with the reason). Every official key ends
 exactly one list of the :class:`LoadReport` -- mapped, dropped (with a reason),
 unexpected or shape-mismatched -- and keys of the model nothing filled are missing.
 :func:`convert_ours_to_official` writes any of the layouts but ``vqa`` back.
+
+Around it: :mod:`~albef.checkpoint.detect` (the state dict inside a file, which layout it
+is), :mod:`~albef.checkpoint.report` (:class:`LoadReport`, :func:`format_report`) and
+:mod:`~albef.checkpoint.pos_embed` (resampling a position table to another resolution).
 """
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from albef.checkpoint.adapt import adapt_state_dict, is_legacy_state_dict, upgrade_legacy_keys
+from albef.checkpoint.detect import detect_official_task, detect_our_task, unwrap_state_dict
+from albef.checkpoint.report import LoadReport
 
 TASKS = ("pretrain", "retrieval", "grounding", "ve", "nlvr", "nlvr_ta", "vqa")
 TO_OFFICIAL_TASKS = ("pretrain", "retrieval", "grounding", "ve", "nlvr", "nlvr_ta")
 
 
-# ----------------------------------------------------------------------------- report
-@dataclass
-class LoadReport:
-    """What a conversion did with every key.
-
-    mapped: (source key, target key); dropped: (source key, reason); filled: (target key,
-    how it was filled without a source key of its own); missing: target keys nothing
-    filled (keep the model's current values; shape conflicts are listed under mismatched only); unexpected: source keys with no
-    counterpart; mismatched: (source key, target key, source shape, target shape), not
-    converted; interpolated: (source key, source shape, target shape); warnings: free text.
-    """
-
-    source: str = ""
-    direction: str = "official->ours"
-    task: str = "pretrain"
-    mapped: list[tuple[str, str]] = field(default_factory=list)
-    dropped: list[tuple[str, str]] = field(default_factory=list)
-    filled: list[tuple[str, str]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    interpolated: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """Every target key filled, every source key mapped or deliberately dropped, no shape conflict."""
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain containers (lists, str, int): JSON-able and readable by ``torch.load(weights_only=True)``."""
-        return {
-            "source": self.source, "direction": self.direction, "task": self.task, "complete": self.complete,
-            "mapped": [list(x) for x in self.mapped],
-            "dropped": [list(x) for x in self.dropped],
-            "filled": [list(x) for x in self.filled],
-            "missing": list(self.missing),
-            "unexpected": list(self.unexpected),
-            "mismatched": [[a, b, list(sa), list(sb)] for a, b, sa, sb in self.mismatched],
-            "interpolated": [[a, list(sa), list(sb)] for a, sa, sb in self.interpolated],
-            "warnings": list(self.warnings),
-        }
-
-
-def _key_list(keys: list[str], max_items: int) -> str:
-    shown = ", ".join(keys[:max_items])
-    return shown + (f", ... (+{len(keys) - max_items} more)" if len(keys) > max_items else "")
-
-
-def format_report(report: LoadReport, max_items: int = 12) -> str:
-    """A readable multi-line summary of ``report`` (long key lists are shortened)."""
-    src, dst = report.direction.split("->") if "->" in report.direction else ("source", "target")
-    lines = [
-        f"Checkpoint conversion {src} -> {dst} ({report.task} layout){': ' + report.source if report.source else ''}",
-        f"  mapped {len(report.mapped)}, dropped {len(report.dropped)}, filled {len(report.filled)}, "
-        f"missing {len(report.missing)}, unexpected {len(report.unexpected)}, shape mismatches {len(report.mismatched)}, "
-        f"interpolated {len(report.interpolated)} -> {'complete' if report.complete else 'INCOMPLETE'}",
-    ]
-
-    def grouped(title: str, pairs: list[tuple[str, str]]) -> None:
-        if not pairs:
-            return
-        lines.append(f"  {title}:")
-        by_reason: dict[str, list[str]] = {}
-        for key, reason in pairs:
-            by_reason.setdefault(reason, []).append(key)
-        for reason, keys in by_reason.items():
-            lines.append(f"    - {reason} ({len(keys)}): {_key_list(keys, max_items)}")
-
-    grouped("dropped on purpose", report.dropped)
-    grouped("filled (no key of their own in the source)", report.filled)
-    for sk, shape_a, shape_b in report.interpolated:
-        lines.append(f"  interpolated {sk}: {list(shape_a)} -> {list(shape_b)} (bicubic on the patch grid, [CLS] kept)")
-    if report.missing:
-        lines.append(f"  missing ({dst} keys nothing filled; they keep their current values) ({len(report.missing)}): "
-                     + _key_list(report.missing, max_items))
-    if report.unexpected:
-        lines.append(f"  unexpected ({src} keys with no counterpart) ({len(report.unexpected)}): "
-                     + _key_list(report.unexpected, max_items))
-    if report.mismatched:
-        lines.append(f"  shape mismatch, not converted ({len(report.mismatched)}):")
-        for sk, tk, sa, sb in report.mismatched[:max_items]:
-            lines.append(f"    - {sk} -> {tk}: {src} {list(sa)} vs {dst} {list(sb)}")
-        if len(report.mismatched) > max_items:
-            lines.append(f"    ... (+{len(report.mismatched) - max_items} more)")
-    for w in report.warnings:
-        lines.append(f"  warning: {w}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- helpers
-def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches_new: int, num_extra_tokens: int = 1) -> torch.Tensor:
-    """Resize a ViT position table ``[1, extra + N, D]`` to ``[1, extra + N_new, D]``.
-
-    As the official ``models/vit.py:interpolate_pos_embed``: the leading ``[CLS]``
-    (``num_extra_tokens``) rows are kept as they are; the N patch rows, a sqrt(N) x
-    sqrt(N) grid, are resized bicubically (``align_corners=False``) to
-    sqrt(N_new) x sqrt(N_new). Equal sizes return the input unchanged.
-    """
-    if pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
-        raise ValueError(f"pos_embed must be [1, tokens, dim], got {list(pos_embed.shape)}")
-    n_old = pos_embed.shape[1] - num_extra_tokens
-    if n_old == num_patches_new:
-        return pos_embed
-    old, new = math.isqrt(n_old), math.isqrt(num_patches_new)
-    if old * old != n_old or new * new != num_patches_new or n_old <= 0 or num_patches_new <= 0:
-        raise ValueError(f"position embeddings need square patch grids: {n_old} -> {num_patches_new} patches")
-    dim = pos_embed.shape[2]
-    extra = pos_embed[:, :num_extra_tokens]
-    grid = pos_embed[:, num_extra_tokens:].reshape(1, old, old, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(new, new), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)
-    return torch.cat([extra, grid], dim=1)
-
-
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """A module, ``{'model': state_dict, ...}`` or a flat state dict -> a flat state dict (``module.`` stripped)."""
-    if isinstance(obj, nn.Module):
-        return obj.state_dict()
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"expected a state dict, got {type(obj).__name__}")
-    sd = dict(obj)
-    if sd and all(k.startswith("module.") for k in sd):  # saved from a DDP-wrapped model
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def is_official_state_dict(sd: Mapping[str, Any]) -> bool:
-    """True for the official ALBEF layout (``visual_encoder.*``; this model uses ``vision_encoder.*``)."""
-    return any(
-        k.startswith(("visual_encoder.", "visual_encoder_m.", "text_encoder_m.", "text_decoder.")) for k in sd
-    )
-
-
-def detect_official_task(sd: Mapping[str, Any]) -> str:
-    """Which official model wrote ``sd``: pretrain, retrieval (also grounding), vqa, ve, nlvr
-    or nlvr_ta (the NLVR2 text-assignment pretraining, ``ta_head``)."""
-    if any(k.startswith("text_decoder.") for k in sd):
-        return "vqa"
-    if any(k.startswith("ta_head.") for k in sd):
-        return "nlvr_ta"
-    head = sd.get("cls_head.2.weight")
-    if head is not None:
-        return "ve" if head.shape[0] == 3 else "nlvr"
-    if "idx_queue" in sd:
-        return "retrieval"
-    if any(".cls.predictions." in k for k in sd):
-        return "pretrain"
-    return "retrieval"
-
-
-def detect_our_task(sd: Mapping[str, Any]) -> str:
-    """The official layout a state dict of ours naturally converts to (by its heads):
-    ``heads.ta`` -> nlvr_ta, ``heads.cls`` -> ve (3 classes) or nlvr, ``heads.mlm`` ->
-    pretrain, otherwise retrieval."""
-    if any(k.startswith("heads.ta.") for k in sd):
-        return "nlvr_ta"
-    if any(k.startswith("heads.answer.") for k in sd):
-        return "vqa"
-    head = sd.get("heads.cls.2.weight")
-    if head is not None:
-        return "ve" if head.shape[0] == 3 else "nlvr"
-    if any(k.startswith("heads.mlm.") for k in sd) or not any(k.startswith("heads.") for k in sd):
-        return "pretrain"
-    return "retrieval"
-
-
+# ----------------------------------------------------------------------------- key layouts
 def _canonical(key: str) -> str:
     """Official key of any task -> the pretraining layout (``text_encoder.X`` -> ``text_encoder.bert.X``)."""
     m = re.match(r"^(text_encoder(?:_m)?)\.(embeddings|encoder)\.(.*)$", key)
@@ -396,8 +234,6 @@ def convert_official_to_ours(
     ``share_cross_attention``) and a BERT whose layer count does not fit the model.
     Returns (state dict in the model's key order, only keys that were filled; report).
     """
-    from albef.checkpoint.adapt import adapt_state_dict
-
     src = unwrap_state_dict(official)
     task = task or detect_official_task(src)
     if task not in TASKS:
@@ -571,8 +407,6 @@ def convert_ours_to_official(
     official buffers this model does not keep are rebuilt (``position_ids``, the tied
     ``cls.predictions.decoder.bias``).
     """
-    from albef.checkpoint.adapt import is_legacy_state_dict, upgrade_legacy_keys
-
     sd = unwrap_state_dict(ours)
     if is_legacy_state_dict(sd):
         sd = upgrade_legacy_keys(sd)
