@@ -20,7 +20,7 @@ from albef.data.caption_edits import (
     shapes_world_rules,
 )
 from albef.data.compositional_negatives import IS_POSITIVE, NO_RULE, SKIPPED, CompositionalNegatives
-from albef.data.synthetic.shapes import _all_canonical_scenes, _palette, canonical_scene, scene_captions
+from albef.data.synthetic.scenes import _all_canonical_scenes, _palette, canonical_scene, scene_captions
 from albef.evaluation.composition import preference_shares, probe_items
 
 from conftest import REPO, TINY, run_cli

@@ -16,8 +16,8 @@ from albef.data.datasets.grounding import GroundingEvalJSON, read_refs
 from albef.data.tokenization import tokenize
 from albef.evaluation.grounding import GroundingEvaluator
 from albef.modeling import build_model
+from albef.metrics.box_iou import box_iou_inclusive
 from albef.modeling.gradcam import (
-    box_iou_inclusive,
     box_scores,
     cross_attention_layer,
     itc_gradcam,
@@ -47,7 +47,7 @@ def test_box_scores_and_iou_by_hand():
     assert float(box_iou_inclusive(torch.tensor([0.0, 0, 4, 4]), torch.tensor([4.0, 0, 4, 4]))) == 0.0  # touching, no shared pixel
     assert float(box_iou_inclusive(torch.tensor([2.0, 3, 5, 6]), torch.tensor([2.0, 3, 5, 6]))) == pytest.approx(1.0)
     assert float(box_iou_inclusive(torch.tensor([0.0, 0, 5, 5]), torch.tensor([4.0, 0, 5, 5]))) == 0.0  # one shared column: none (REFER's strict <)
-    from albef.data.synthetic.tasks import box_iou_official  # the data generator's copy of computeIoU agrees
+    from albef.metrics.box_iou import box_iou_official  # the data generator's list form of computeIoU agrees
     for a, b in (([0, 0, 10, 10], [5, 5, 10, 10]), ([2, 3, 5, 6], [3, 1, 9, 4]), ([0, 0, 5, 5], [4, 0, 5, 5])):
         assert float(box_iou_inclusive(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))) == pytest.approx(box_iou_official(a, b))
     up = upsample_map(torch.full((4, 4), 0.5), 30, 20)
@@ -199,7 +199,8 @@ def test_refcoco_retrieval_layout_loads_into_the_grounding_model():
     """refcoco.pth is a model_retrieval.ALBEF file: every key lands in the grounding model."""
     from test_official_task_layouts import paper_model, read_key_list
 
-    from albef.checkpoint.official import convert_official_to_ours, format_report
+    from albef.checkpoint.official import convert_official_to_ours
+    from albef.checkpoint.report import format_report
 
     official = read_key_list("retrieval_mscoco_384.txt")
     model = paper_model("configs/grounding/refcoco+.yaml")
@@ -281,7 +282,7 @@ def test_gradcam_of_a_colour_word_falls_on_the_objects(trained_small):
     from omegaconf import OmegaConf
 
     from albef.data.datasets.base import load_image
-    from albef.data.synthetic.shapes import canonical_caption
+    from albef.data.synthetic.scenes import canonical_caption
     from albef.data.transforms import build_transforms
     from albef.modeling.gradcam import box_mass
 

@@ -1,4 +1,4 @@
-"""Tests of the built-in synthetic shapes world (albef.data.synthetic.shapes)."""
+"""Tests of the built-in synthetic shapes world (albef.data.synthetic.shapes, .scenes, .render)."""
 from __future__ import annotations
 
 import json
@@ -14,14 +14,9 @@ import pytest
 from PIL import Image
 from conftest import tree_bytes
 
-from albef.data.synthetic import shapes
-from albef.data.synthetic.shapes import (
-    COLORS,
-    canonical_caption,
-    generate_synthetic,
-    scene_captions,
-    synthetic_paths,
-)
+from albef.data.synthetic import render, shapes
+from albef.data.synthetic.scenes import COLORS, canonical_caption, canonical_scene, scene_captions
+from albef.data.synthetic.shapes import generate_synthetic, synthetic_paths
 
 SMALL = dict(seed=0, image_size=32, num_train_images=50, num_test_groups=5)
 
@@ -148,7 +143,7 @@ def test_test_groups_are_hard_negatives(small):
         assert scenes["color_swap"] == (c2, s1, r, c1, s2)
         assert scenes["shape_swap"] == (c1, s2, r, c2, s1)
         inv = {"left": "right", "above": "below"}[r]
-        assert shapes.canonical_scene(scenes["relation_swap"]) == shapes.canonical_scene((c1, s1, inv, c2, s2))
+        assert canonical_scene(scenes["relation_swap"]) == canonical_scene((c1, s1, inv, c2, s2))
     # groups are not contiguous in test.json
     assert [sorted(g.values()) for g in groups] != [list(range(4 * k, 4 * k + 4)) for k in range(len(groups))]
 
@@ -235,8 +230,8 @@ def test_placement_constraints():
     for size in (32, 64, 224):
         for _ in range(2000):
             r = rng.choice(["left", "right", "above", "below"])
-            sa, sb = (rng.uniform(*shapes._SIZE_RANGE) * size for _ in range(2))
-            (xa, ya), (xb, yb) = shapes._place(r, sa, sb, size, rng)
+            sa, sb = (rng.uniform(*render._SIZE_RANGE) * size for _ in range(2))
+            (xa, ya), (xb, yb) = render._place(r, sa, sb, size, rng)
             for (x, y), s in (((xa, ya), sa), ((xb, yb), sb)):
                 assert 3 <= x - s / 2 and x + s / 2 <= size - 3
                 assert 3 <= y - s / 2 and y + s / 2 <= size - 3

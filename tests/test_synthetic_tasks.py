@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from conftest import tree_bytes
 
-from albef.data.synthetic import tasks
 from albef.data.synthetic.shapes import generate_synthetic
-from albef.data.synthetic.tasks import generate_task_data, task_paths
+from albef.data.synthetic.tasks import generate, nlvr, ve
+from albef.data.synthetic.tasks.generate import generate_task_data, task_paths
 
 TASKS = ("retrieval", "ve", "nlvr")  # the tasks tested here (vqa, grounding: test_synthetic_vqa_grounding.py)
 
@@ -313,7 +313,7 @@ def test_manifest_counts_params_and_scenes(pre, made):
         assert p["pretrain"]["params"] == pre_manifest["params"]
         assert p["pretrain"]["format_version"] == pre_manifest["format_version"]
         assert all(p[f"num_{s}"] == SIZES[task][f"num_{s}"] for s in SPLITS)
-        assert manifest["format_version"] == tasks.TASK_FORMAT_VERSION
+        assert manifest["format_version"] == generate.TASK_FORMAT_VERSION
         for split in SPLITS:
             assert manifest["counts"][split] == len(d[split])
             assert len(manifest["scenes"][split]) == len(d[split])
@@ -400,7 +400,7 @@ def test_lost_rename_race_uses_the_winner(pre, made, tmp_path, monkeypatch):
         shutil.copytree(winner, dst)  # another process renames its copy into place first
         return real_rename(src, dst)  # fails: dst exists and is not empty
 
-    monkeypatch.setattr(tasks.os, "rename", rename)
+    monkeypatch.setattr(generate.os, "rename", rename)
     assert generate_task_data(root, "nlvr", seed=0, **SIZES["nlvr"]) == made["nlvr"][0]
     assert len(calls) == 1 and ".tmp-" in calls[0][0]
     assert not [n for n in os.listdir(root) if ".tmp-" in n]
@@ -451,7 +451,7 @@ def test_vocabulary_constraint_is_real_and_checked(pre, tokenizer, tmp_path, mon
         assert tokenizer.unk_token in tokenizer.tokenize(word), word
     assert tokenizer.unk_token not in tokenizer.tokenize("picture")
     root = _copy_pretraining(pre, str(tmp_path / "copy"))
-    monkeypatch.setattr(tasks, "_VE_OBJECT", ("there is {A}",))
+    monkeypatch.setattr(ve, "_VE_OBJECT", ("there is {A}",))
     with pytest.raises(ValueError, match=r"\['is'\].*\[UNK\]") as e:
         generate_task_data(root, "ve", num_train=3, num_val=1, num_test=1)
     assert "vocab.txt" in str(e.value)
@@ -491,7 +491,7 @@ def test_ve_generator_mixes_statement_kinds():
     """At a larger size (annotations only, no images): about half of each label's kinds."""
     colors, shapes_ = list(COLORS), list(SHAPES)
     p = dict(num_train=600, num_val=1, num_test=1, seed=0)
-    ann, scenes, extra, _ = tasks._build_ve(p, "test-tag", colors, shapes_)
+    ann, scenes, extra, _ = ve._build_ve(p, "test-tag", colors, shapes_)
     kinds = Counter((e["label"], k) for e, k in zip(ann["train"], extra["kinds"]["train"]))
     assert 0.4 < kinds[("contradiction", "absent_object")] / 600 < 0.6
     assert 0.4 < kinds[("entailment", "object")] / 600 < 0.6
@@ -510,7 +510,7 @@ def test_nlvr_labels_match_scenes(made):
 def test_nlvr_generator_balances_each_kind():
     """At a larger size (annotations only): every kind of sentence is True about half the time."""
     p = dict(num_train=2000, num_val=1, num_test=1, seed=0)
-    ann, scenes, extra, _ = tasks._build_nlvr(p, "test-tag", list(COLORS), list(SHAPES))
+    ann, scenes, extra, _ = nlvr._build_nlvr(p, "test-tag", list(COLORS), list(SHAPES))
     by_kind: dict[str, Counter] = {}
     for e, k, (left, right) in zip(ann["train"], extra["kinds"]["train"], scenes["train"]):
         by_kind.setdefault(k.split("/")[0], Counter())[e["label"]] += 1
@@ -524,10 +524,10 @@ def test_nlvr_sentence_form_is_read_back_from_the_text():
     """tools/analyze_synthetic_nlvr.py groups sentences by the form the generator drew:
     reading it back from the sentence alone must agree on every entry."""
     p = dict(num_train=600, num_val=1, num_test=1, seed=3)
-    ann, _, extra, _ = tasks._build_nlvr(p, "test-tag", list(COLORS), list(SHAPES))
+    ann, _, extra, _ = nlvr._build_nlvr(p, "test-tag", list(COLORS), list(SHAPES))
     forms = Counter()
     for e, k in zip(ann["train"], extra["kinds"]["train"]):
-        assert tasks.nlvr_sentence_form(e["sentence"]) == k.split("/")[0], (e["sentence"], k)
+        assert nlvr.nlvr_sentence_form(e["sentence"]) == k.split("/")[0], (e["sentence"], k)
         forms[k.split("/")[0]] += 1
     assert set(forms) == {"side", "each", "one", "neither", "side_relation"}
 

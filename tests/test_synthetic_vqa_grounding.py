@@ -1,5 +1,5 @@
 """Tests of the synthetic VQA and grounding tasks (albef.data.synthetic.tasks) and of the
-box-returning renderer (albef.data.synthetic.shapes._render_with_boxes).
+box-returning renderer (albef.data.synthetic.render._render_with_boxes).
 
 The answer of every question and the referent of every expression are recomputed here
 from the scenes stored in the task manifest by small parsers that are independent of the
@@ -20,8 +20,12 @@ import pytest
 from PIL import Image, ImageDraw
 from conftest import tree_bytes
 
-from albef.data.synthetic import shapes, tasks
-from albef.data.synthetic.tasks import box_iou_official, generate_task_data, task_paths, vqa_accuracy
+from albef.data.synthetic import render, shapes
+from albef.data.synthetic.scenes import COLORS, SHAPES
+from albef.data.synthetic.tasks import generate, vocabulary, vqa
+from albef.data.synthetic.tasks.generate import generate_task_data, task_paths
+from albef.metrics.box_iou import box_iou_official
+from albef.metrics.vqa_accuracy import vqa_accuracy
 
 SIZES = {
     "vqa": dict(num_train=12, num_val=4, num_test=5),
@@ -90,9 +94,9 @@ def _vqa_answer(question: str, scene) -> tuple[str, str]:
     if m:
         article, word = m.groups()
         if article:  # a shape: "a circle"
-            assert word in shapes.SHAPES and article == ("an" if word[0] in "aeiou" else "a"), question
+            assert word in SHAPES and article == ("an" if word[0] in "aeiou" else "a"), question
         else:
-            assert word in shapes.COLORS, question
+            assert word in COLORS, question
         return "count", COUNT_WORDS[sum(word in o for o in objs)]
     raise AssertionError(f"unparsed question: {question!r}")
 
@@ -124,22 +128,22 @@ def _referent(text: str, scene) -> tuple[str, int]:
 
 
 def _old_render(scene, image_size, rng, jpeg_quality) -> bytes:
-    """shapes._render as it was before _render_with_boxes (verbatim): the reference for
+    """render._render as it was before _render_with_boxes (verbatim): the reference for
     the refactor, independent of the Pillow/libjpeg version of the machine."""
     c1, s1, r, c2, s2 = scene
-    size_a = rng.uniform(*shapes._SIZE_RANGE) * image_size
-    size_b = rng.uniform(*shapes._SIZE_RANGE) * image_size
-    (xa, ya), (xb, yb) = shapes._place(r, size_a, size_b, image_size, rng)
+    size_a = rng.uniform(*render._SIZE_RANGE) * image_size
+    size_b = rng.uniform(*render._SIZE_RANGE) * image_size
+    (xa, ya), (xb, yb) = render._place(r, size_a, size_b, image_size, rng)
     base = rng.randint(232, 246)
     bg = tuple(base + rng.randint(-6, 6) for _ in range(3))
-    k = shapes._SUPERSAMPLE
+    k = render._SUPERSAMPLE
     big = Image.new("RGB", (image_size * k, image_size * k), bg)
     draw = ImageDraw.Draw(big)
-    order = [(s1, xa, ya, size_a, shapes.COLORS[c1]), (s2, xb, yb, size_b, shapes.COLORS[c2])]
+    order = [(s1, xa, ya, size_a, COLORS[c1]), (s2, xb, yb, size_b, COLORS[c2])]
     if rng.random() < 0.5:
         order.reverse()
     for shape, cx, cy, size, color in order:
-        shapes._draw_shape(draw, shape, cx * k, cy * k, size * k, color)
+        render._draw_shape(draw, shape, cx * k, cy * k, size * k, color)
     img = big.resize((image_size, image_size), Image.LANCZOS, reducing_gap=2.0)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0, optimize=False)
@@ -209,12 +213,12 @@ def test_render_refactor_is_byte_identical(synthetic_root):
         for i in range(12):
             sc = scenes[i % 4]
             old = _old_render(sc, size, random.Random(f"t/{size}/{i}"), 95)
-            assert shapes._render(sc, size, random.Random(f"t/{size}/{i}"), 95) == old
-            data, boxes = shapes._render_with_boxes(sc, size, random.Random(f"t/{size}/{i}"), 95)
+            assert render._render(sc, size, random.Random(f"t/{size}/{i}"), 95) == old
+            data, boxes = render._render_with_boxes(sc, size, random.Random(f"t/{size}/{i}"), 95)
             assert data == old and len(boxes) == 2
             for x, y, w, h in boxes:
                 assert w == h and _inside([x, y, w, h], size)
-                lo, hi = (f * size for f in shapes._SIZE_RANGE)
+                lo, hi = (f * size for f in render._SIZE_RANGE)
                 assert lo <= w <= hi
     # the shared pretraining data set: its files are what _render gives for their scenes
     with open(os.path.join(synthetic_root, "test.json")) as f:
@@ -231,11 +235,11 @@ def test_render_refactor_is_byte_identical(synthetic_root):
 
 
 def test_new_task_words_leave_the_pretraining_vocabulary_alone():
-    words = tasks.task_words()
+    words = vocabulary.task_words()
     for w in ("what", "colour", "where", "relative", "how", "often", "none", "two"):
         assert w not in words
-    assert tasks._extra_template_words("vqa") >= {"what", "colour", "often", "none", "two"}
-    assert tasks._extra_template_words("ve") == set()
+    assert vocabulary._extra_template_words("vqa") >= {"what", "colour", "often", "none", "two"}
+    assert vocabulary._extra_template_words("ve") == set()
 
 
 # ------------------------------------------------------------------------- both tasks
@@ -250,11 +254,11 @@ def test_layout_paths_and_manifest(pre, made, tok):
         assert sorted(os.listdir(os.path.join(p["dir"], "images"))) == ["test", "train", "val"]
         manifest, d = made[task]
         assert manifest == d["manifest"]
-        assert manifest["task"] == task and manifest["format_version"] == tasks.TASK_FORMAT_VERSION
+        assert manifest["task"] == task and manifest["format_version"] == generate.TASK_FORMAT_VERSION
         assert manifest["params"]["pretrain"]["params"] == pre_params
         assert all(manifest["params"][f"num_{s}"] == SIZES[task][f"num_{s}"] for s in SPLITS)
-        assert manifest["colors"] == list(shapes.COLORS)[: pre_params["num_colors"]]
-        assert manifest["shapes"] == list(shapes.SHAPES)[: pre_params["num_shapes"]]
+        assert manifest["colors"] == list(COLORS)[: pre_params["num_colors"]]
+        assert manifest["shapes"] == list(SHAPES)[: pre_params["num_shapes"]]
         for split in SPLITS:
             n_images = SIZES[task][f"num_{split}"]
             assert manifest["counts"][split] == len(d[split])
@@ -340,8 +344,8 @@ def test_vqa_format_and_answers(pre, made):
 
 def test_vqa_generator_mixes_answers():
     """At a larger size (annotations only, no images): counts and disagreements vary."""
-    colors, shapes_ = list(shapes.COLORS)[:5], list(shapes.SHAPES)[:3]
-    ann, scenes, extra, renders = tasks._build_vqa(dict(num_train=400, num_val=1, num_test=1, seed=0), "test-tag", colors, shapes_)
+    colors, shapes_ = list(COLORS)[:5], list(SHAPES)[:3]
+    ann, scenes, extra, renders = vqa._build_vqa(dict(num_train=400, num_val=1, num_test=1, seed=0), "test-tag", colors, shapes_)
     assert len(renders) == 402 and len(ann["train"]) == 1600
     counts = Counter(a for e, k in zip(ann["train"], extra["kinds"]["train"]) if k == "count"
                      for a in [Counter(e["answer"]).most_common(1)[0][0]])
@@ -413,7 +417,7 @@ def test_grounding_boxes_match_pixels(pre, made):
                 cx, cy = x + w / 2, y + h / 2
                 core = px[int(cy - 0.15 * h): int(np.ceil(cy + 0.15 * h)), int(cx - 0.15 * w): int(np.ceil(cx + 0.15 * w))]
                 mean = core.reshape(-1, 3).mean(0)
-                assert np.abs(mean - np.array(shapes.COLORS[o["color"]])).max() < 40, (split, i, o, mean)
+                assert np.abs(mean - np.array(COLORS[o["color"]])).max() < 40, (split, i, o, mean)
                 outside[max(0, int(y) - 1): int(np.ceil(y + h)) + 1, max(0, int(x) - 1): int(np.ceil(x + w)) + 1] = False
             # nothing but (near-white) background outside the boxes
             assert px[outside].min() > 200, (split, i)

@@ -50,7 +50,7 @@ def prepare_synthetic(cfg: DictConfig) -> None:
         _use_noisy_train_split(cfg, kwargs["root"], noise)
     task = cfg.data.get("synthetic_task")
     if task is not None:
-        from albef.data.synthetic.tasks import generate_task_data
+        from albef.data.synthetic.tasks.generate import generate_task_data
 
         t_kwargs = OmegaConf.to_container(task, resolve=True)
         accepted, _ = _accepted_kwargs(generate_task_data)

@@ -231,10 +231,10 @@ def shapes_world_rules(colors: Sequence[str] | None = None, shapes: Sequence[str
 
     relation_flip: left <-> right, above <-> below. object_exchange: the two noun phrases
     change places. attribute_change: the first object's colour becomes another of ``colors``
-    (default: every colour of :data:`albef.data.synthetic.shapes.COLORS`; give the world's
+    (default: every colour of :data:`albef.data.synthetic.scenes.COLORS`; give the world's
     own, e.g. from its manifest, so no unseen colour word is used).
     """
-    from albef.data.synthetic.shapes import COLORS, SHAPES
+    from albef.data.synthetic.scenes import COLORS, SHAPES
 
     colors = list(colors or COLORS)
     shapes = list(shapes or SHAPES)

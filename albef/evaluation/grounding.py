@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import Subset
 
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
-from albef.modeling.gradcam import box_iou_inclusive, box_scores, itc_gradcam, itm_gradcam, upsample_map
+from albef.metrics.box_iou import box_iou_inclusive
+from albef.modeling.gradcam import box_scores, itc_gradcam, itm_gradcam, upsample_map
 from albef.utils import comm
 
 logger = logging.getLogger("albef.evaluation")

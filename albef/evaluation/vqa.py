@@ -12,7 +12,7 @@ from torch.utils.data import Subset
 
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
-from albef.evaluation.vqa_accuracy import normalize_answer, vqa_accuracy  # noqa: F401  (public here too)
+from albef.metrics.vqa_accuracy import normalize_answer, vqa_accuracy  # noqa: F401  (public here too)
 from albef.modeling.heads.answer_decoder import rank_answers
 from albef.utils import comm
 

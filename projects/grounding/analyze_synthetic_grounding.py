@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from albef.config import load_config  # noqa: E402
 from albef.engine.defaults import Trainer  # noqa: E402
-from albef.data.synthetic.shapes import canonical_caption  # noqa: E402
+from albef.data.synthetic.scenes import canonical_caption  # noqa: E402
 from albef.data.tokenization import tokenize  # noqa: E402
 from albef.modeling.gradcam import box_mass, itc_gradcam, itm_gradcam, word_maps  # noqa: E402
 

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from albef.config import load_config  # noqa: E402
-from albef.data.synthetic.tasks import nlvr_sentence_form  # noqa: E402
+from albef.data.synthetic.tasks.nlvr import nlvr_sentence_form  # noqa: E402
 from albef.engine.defaults import Trainer  # noqa: E402
 
 

@@ -5,7 +5,8 @@ directory next to the target and rename it into place; ``os.rename`` of a direct
 atomic on one filesystem, so concurrent callers (DDP ranks, parallel test workers) either
 win the race or find a complete copy, never a partial one. ``manifest.json``, written
 last, records the format version and the generation parameters; a directory is reused
-only when both equal the requested ones.
+only when both equal the requested ones. Every JSON file of them is written by
+:func:`dump_json` (one layout, so the files stay byte-identical).
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import json
 import os
 import shutil
 import uuid
-from typing import Callable
+from typing import Any, Callable
+
+
+def dump_json(obj: Any, path: str) -> None:
+    """``obj`` as indented JSON plus a final newline: the one layout of every generated JSON
+    file (changing it changes the bytes of every generated data set)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
 
 
 def is_empty_dir(path: str) -> bool:

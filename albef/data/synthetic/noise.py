@@ -49,7 +49,7 @@ import re
 from typing import Any, Mapping
 
 from albef.data.synthetic.generated import build_dir_atomically, check_manifest, is_empty_dir
-from albef.data.synthetic.shapes import RELATIONS, _noun_phrase, _phrase
+from albef.data.synthetic.scenes import RELATIONS, _noun_phrase, _phrase
 
 __all__ = ["NOISE_KINDS", "CLUTTER_WORDS", "NoiseError", "noise_key", "make_noisy_pretrain", "parse_noise", "parse_caption", "named_objects"]
 
