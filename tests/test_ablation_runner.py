@@ -1,4 +1,4 @@
-"""projects/ablations and tools/run_ablation.py: each variant changes only what it should,
+"""projects/ablations and projects/ablations/run_ablation.py: each variant changes only what it should,
 the summary statistics and table are right, the chart is drawn, and a tiny sweep runs
 end to end through the real command line (and resumes without rerunning)."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import REPO, TINY
 from albef.config import config_to_dict, load_config
-from albef.utils.ablation_report import bar_chart_png, markdown_table, mean_sd, summarize
+from projects.ablations.ablation_report import bar_chart_png, markdown_table, mean_sd, summarize
 
 ABL = os.path.join(REPO, "projects", "ablations", "configs")
 DEFAULT = os.path.join(REPO, "configs", "pretrain", "synthetic.yaml")
@@ -98,7 +98,7 @@ def test_summary_table_and_chart(tmp_path):
 
 def test_tiny_sweep_through_the_command_line(synthetic_root, tmp_path):
     out = tmp_path / "abl"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "run_ablation.py"), "--variants", os.path.join(ABL, "itc_mlm_itm_hard_mod.yaml"), os.path.join(ABL, "mlm_itm.yaml"),
+    cmd = [sys.executable, os.path.join(REPO, "projects", "ablations", "run_ablation.py"), "--variants", os.path.join(ABL, "itc_mlm_itm_hard_mod.yaml"), os.path.join(ABL, "mlm_itm.yaml"),
            "--seeds", "0", "1", "--max-iter", "2", "--base-config", TINY, "--output-dir", str(out), f"data.synthetic.root={synthetic_root}", "train.checkpoint_period=0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
@@ -126,7 +126,7 @@ def test_tiny_sweep_through_the_command_line(synthetic_root, tmp_path):
 def test_bad_variant_is_reported_before_any_run(tmp_path):
     bad = tmp_path / "typo.yaml"
     bad.write_text(f"_base_: {DEFAULT}\ntrain:\n  max_itr: 3\n")
-    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_ablation.py"), "--variants", str(bad), "--output-dir", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, os.path.join(REPO, "projects", "ablations", "run_ablation.py"), "--variants", str(bad), "--output-dir", str(tmp_path / "o")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "typo" in r.stderr and "max_itr" in r.stderr and "max_iter" in r.stderr
     assert not (tmp_path / "o" / "runs.jsonl").exists()

@@ -60,7 +60,7 @@ def test_train_end_to_end_writes_everything(synthetic_root, tmp_path):
     assert ck["iteration"] == 3 and ck["data_position"] == 4 * 8
     assert any(k.startswith("teacher.model.") for k in ck["model"]) and "teacher.queue.image_queue" in ck["model"]
     # The synthetic-pairs analysis tool reads the run back.
-    a = subprocess.run([sys.executable, os.path.join(REPO, "tools", "analyze_synthetic_pairs.py"), "--output-dir", out],
+    a = subprocess.run([sys.executable, os.path.join(REPO, "projects", "synthetic_tasks", "analyze_synthetic_pairs.py"), "--output-dir", out],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert a.returncode == 0, a.stderr[-2000:]
     rows = [l for l in a.stdout.splitlines() if l.startswith("| itc") or l.startswith("| itm")]

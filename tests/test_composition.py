@@ -393,7 +393,7 @@ def tiny_checkpoint(tmp_path_factory, synthetic_root):
 
 
 def _probe(args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "probe_composition.py"), *args], cwd=REPO,
+    return subprocess.run([sys.executable, os.path.join(REPO, "projects", "composition", "probe_composition.py"), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 

@@ -250,7 +250,7 @@ def noisy_run(synthetic_root, tmp_path_factory):
 
 def _inspect(args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "inspect_pseudo_targets.py"), *args],
+    return subprocess.run([sys.executable, os.path.join(REPO, "projects", "noisy_pairs", "inspect_pseudo_targets.py"), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -331,7 +331,7 @@ def test_inspect_pseudo_targets_bad_input(noisy_run, tmp_path):
 
 # --------------------------------------------------------------------------- sweeps over conditions
 def test_differences_are_means_and_standard_errors_by_hand():
-    from albef.utils.ablation_report import differences, differences_table
+    from projects.ablations.ablation_report import differences, differences_table
 
     def run(v, s, t, i):
         return {"variant": v, "seed": s, "metrics": {"retrieval/txt_r1": t, "retrieval/img_r1": i}}
@@ -355,8 +355,7 @@ def test_differences_are_means_and_standard_errors_by_hand():
 
 
 def test_condition_files_become_overrides(tmp_path):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    from run_ablation import condition_overrides
+    from projects.ablations.run_ablation import condition_overrides
 
     f = tmp_path / "c.yaml"
     f.write_text("data:\n  synthetic:\n    noise: {wrong_pair: 0.1, seed: 2}\ntrain: {crop: [1, 2], name: 'a b'}\nmodel: {teacher: null}\n")
@@ -370,7 +369,7 @@ def test_condition_files_become_overrides(tmp_path):
 def test_sweep_over_noise_conditions_through_the_command_line(synthetic_root, tmp_path):
     proj = os.path.join(REPO, "projects", "noisy_pairs")
     out = tmp_path / "sweep"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "run_ablation.py"),
+    cmd = [sys.executable, os.path.join(REPO, "projects", "ablations", "run_ablation.py"),
            "--variants", os.path.join(proj, "configs", "mod.yaml"), os.path.join(proj, "configs", "no_mod.yaml"),
            "--conditions", os.path.join(proj, "conditions", "noise_00.yaml"), os.path.join(proj, "conditions", "noise_60.yaml"),
            "--baseline", "no_mod", "--jobs", "2", "--seeds", "0", "--max-iter", "2", "--base-config", TINY, "--output-dir", str(out),
@@ -395,7 +394,7 @@ def test_a_failing_run_under_jobs_is_reported_and_the_others_recorded(synthetic_
     broken = tmp_path / "broken.yaml"  # loads, then fails in the run: its training file does not exist
     broken.write_text(f"data:\n  train:\n    ann_files: [{tmp_path / 'missing.json'}]\n")
     out = tmp_path / "sweep"
-    cmd = [sys.executable, os.path.join(REPO, "tools", "run_ablation.py"), "--variants", os.path.join(proj, "configs", "mod.yaml"),
+    cmd = [sys.executable, os.path.join(REPO, "projects", "ablations", "run_ablation.py"), "--variants", os.path.join(proj, "configs", "mod.yaml"),
            "--conditions", os.path.join(proj, "conditions", "noise_00.yaml"), str(broken), "--jobs", "2", "--seeds", "0",
            "--max-iter", "2", "--base-config", TINY, "--output-dir", str(out), f"data.synthetic.root={synthetic_root}", "train.checkpoint_period=0"]
     r = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))

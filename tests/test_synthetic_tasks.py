@@ -521,7 +521,7 @@ def test_nlvr_generator_balances_each_kind():
 
 
 def test_nlvr_sentence_form_is_read_back_from_the_text():
-    """tools/analyze_synthetic_nlvr.py groups sentences by the form the generator drew:
+    """projects/synthetic_tasks/analyze_synthetic_nlvr.py groups sentences by the form the generator drew:
     reading it back from the sentence alone must agree on every entry."""
     p = dict(num_train=600, num_val=1, num_test=1, seed=3)
     ann, _, extra, _ = nlvr._build_nlvr(p, "test-tag", list(COLORS), list(SHAPES))

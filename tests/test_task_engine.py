@@ -159,7 +159,7 @@ def test_ta_step_then_nlvr_from_it(pretrained, synthetic_root, tmp_path):
     assert "head 'ta' is not part of this model" in log and "head 'cls' is not in the checkpoint" in log
 
     # the per-sentence-form analysis of that run agrees with its evaluator on the whole split
-    a = subprocess.run([sys.executable, os.path.join(REPO, "tools", "analyze_synthetic_nlvr.py"), "--output-dir", str(tmp_path / "nlvr")],
+    a = subprocess.run([sys.executable, os.path.join(REPO, "projects", "synthetic_tasks", "analyze_synthetic_nlvr.py"), "--output-dir", str(tmp_path / "nlvr")],
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert a.returncode == 0, a.stderr[-3000:]
     m = read_metrics(os.path.join(tmp_path, "nlvr", "metrics.json"))
@@ -209,7 +209,7 @@ def test_trainer_is_chosen_by_config(tiny_cfg):
         m = read_metrics(os.path.join(cfg.output_dir, "metrics.json"))
         assert all(m[i]["lr"] == 0.5 for i in range(4))
     finally:
-        TRAINER_REGISTRY._obj_map.pop("_MyTrainer")
+        TRAINER_REGISTRY.unregister("_MyTrainer")
     with pytest.raises(ComponentError, match="Unknown TRAINER component 'Nope' .*DefaultTrainer"):
         trainer_class(tiny_cfg("train.trainer=Nope"))
 

@@ -1,6 +1,6 @@
 """Summaries of repeated runs: mean and spread per variant, a Markdown table, a PNG bar chart.
 
-Used by ``tools/run_ablation.py``. A *run* is a dict with ``variant``, ``seed``,
+Used by ``projects/ablations/run_ablation.py``. A *run* is a dict with ``variant``, ``seed``,
 ``wall_s`` and ``metrics`` (flat ``prefix/metric`` -> value, as in ``metrics.json``).
 Charts are drawn with matplotlib (the ``report`` extra). A sweep over data conditions
 names its rows ``variant@condition``.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run ablation variants with several seeds on the same data and budget; tabulate them.
 
-    python tools/run_ablation.py [--variants A.yaml B.yaml ...] [--seeds 0 1 2]
+    python projects/ablations/run_ablation.py [--variants A.yaml B.yaml ...] [--seeds 0 1 2]
         [--output-dir output/ablations] [--max-iter N] [--base-config FILE] [--num-gpus N]
         [--conditions C1.yaml C2.yaml ...] [--baseline VARIANT] [--jobs N] [KEY=VALUE ...]
 
@@ -37,13 +37,13 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 import yaml  # noqa: E402
 
 from albef.config import load_config  # noqa: E402
-from albef.utils.ablation_report import (  # noqa: E402
+from projects.ablations.ablation_report import (  # noqa: E402
     bar_chart_png,
     condition_chart_png,
     differences,
@@ -79,7 +79,7 @@ def materialize_variant(path: str, base_config: str | None, out_dir: str) -> str
     os.makedirs(out_dir, exist_ok=True)
     dst = os.path.join(out_dir, os.path.basename(path))
     with open(dst, "w", encoding="utf-8") as f:
-        f.write(f"# {path} with _base_ replaced by {base_config} (tools/run_ablation.py --base-config)\n")
+        f.write(f"# {path} with _base_ replaced by {base_config} (projects/ablations/run_ablation.py --base-config)\n")
         yaml.safe_dump(body, f, sort_keys=False)
     return dst
 

@@ -6,9 +6,9 @@
         --sweep "held-out combinations=output/composition/holdout_world" \\
         --out projects/composition/results
 
-Each sweep folder is a ``tools/run_ablation.py --output-dir`` (its ``runs.jsonl`` lists the
+Each sweep folder is a ``projects/ablations/run_ablation.py --output-dir`` (its ``runs.jsonl`` lists the
 runs and their retrieval metrics). Every run's ``model_final.pth`` is probed with
-``tools/probe_composition.py`` on the run's own test split (the result is kept as
+``projects/composition/probe_composition.py`` on the run's own test split (the result is kept as
 ``<run>/composition_probe.json`` and reused). Writes ``OUT/composition_table.md`` and
 ``OUT/probes.jsonl`` (one line per run: probes, R@1, wall time).
 """
@@ -23,7 +23,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from albef.utils.ablation_report import mean_sd  # noqa: E402
+from projects.ablations.ablation_report import mean_sd  # noqa: E402
 
 KINDS = ("relation_flip", "object_exchange", "attribute_change")
 ORDER = ["default_recipe", "compositional_negatives"]
@@ -58,7 +58,7 @@ def cell(vals: list) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep", action="append", required=True, help="NAME=FOLDER of a tools/run_ablation.py sweep")
+    p.add_argument("--sweep", action="append", required=True, help="NAME=FOLDER of a projects/ablations/run_ablation.py sweep")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Composition probes: does the model prefer each true caption to the same caption minimally edited?
 
-    python tools/probe_composition.py --config-file configs/pretrain/synthetic.yaml \\
+    python projects/composition/probe_composition.py --config-file configs/pretrain/synthetic.yaml \\
         --weights output/synthetic/model_final.pth --test datasets/albef_synthetic/test.json [--out DIR]
-    python tools/probe_composition.py --config-file C --weights W --test my_test.json \\
+    python projects/composition/probe_composition.py --config-file C --weights W --test my_test.json \\
         --image-root IMAGES --rules my_rules.yaml
 
 For every caption of ``--test`` (a retrieval-format JSON: ``[{image, caption: [str, ...]}]``)
@@ -37,7 +37,7 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout without installing
 
 
 def format_table(kinds: dict) -> str:

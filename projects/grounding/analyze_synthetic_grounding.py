@@ -1,6 +1,6 @@
 """Where a grounding model's Grad-CAM puts the heat on the synthetic world, per expression kind and per word.
 
-    python tools/analyze_synthetic_grounding.py --output-dir output/grounding_synthetic [--weights FILE]
+    python projects/grounding/analyze_synthetic_grounding.py --output-dir output/grounding_synthetic [--weights FILE]
         [--split test] [--layer N]
 
 ``--output-dir``: a synthetic grounding run (its config builds the model and the data);
@@ -24,13 +24,12 @@ import sys
 from collections import defaultdict
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout without installing
 
-from albef.config import load_config  # noqa: E402
-from albef.engine.defaults import Trainer  # noqa: E402
 from albef.data.synthetic.scenes import canonical_caption  # noqa: E402
 from albef.data.tokenization import tokenize  # noqa: E402
 from albef.modeling.gradcam import box_mass, itc_gradcam, itm_gradcam, word_maps  # noqa: E402
+from projects.synthetic_tasks.run import build_evaluators, load_config_of_run, load_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,15 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--layer", type=int, default=None)
     args = p.parse_args(argv)
-    cfg = load_config(os.path.join(args.output_dir, "config.yaml"), [f"output_dir={os.path.join(args.output_dir, 'analysis')}"])
+    cfg = load_config_of_run(args.output_dir)
     if cfg.data.get("synthetic_task") is None or cfg.data.synthetic_task.task != "grounding":
         print(f"error: {args.output_dir} is not a synthetic grounding run", file=sys.stderr)
         return 2
-    t = Trainer(cfg, eval_only=True)
-    t.checkpointer.load_weights(args.weights or os.path.join(args.output_dir, "model_final.pth"), strict=False)
-    model = t.model.eval()
-    ev_key = next(k for k, v in t.evaluators.items() if getattr(v, "gradcam", None) == "itm")
-    ev = t.evaluators[ev_key]
+    run = load_run(cfg, args.weights or os.path.join(args.output_dir, "model_final.pth"), strict=False)
+    model, evaluators = run.model, build_evaluators(run)
+    ev_key = next(k for k, v in evaluators.items() if getattr(v, "gradcam", None) == "itm")
+    ev = evaluators[ev_key]
     layer = ev.layer if args.layer is None else args.layer
     ds = ev.dataset
     root = os.path.join(cfg.data.synthetic.root, "grounding")
@@ -63,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     acc = defaultdict(lambda: [0, 0, 0])  # kind -> [itm correct, itc correct, n]
     for batch in ev.loader_fn(ds, 64):
         batch.pop("skipped", None)
+        batch = {k: v.to(run.device) if hasattr(v, "to") else v for k, v in batch.items()}
         cam = itm_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], layer=layer)
-        itc = itc_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], block=t.evaluators.get("grounding_itc", ev).block)
+        itc = itc_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], block=evaluators.get("grounding_itc", ev).block)
         for j, i in enumerate(batch["index"].tolist()):
             split, kind = kinds[i]
             if split != args.split:
@@ -79,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     first = next(i for i, (sp, _) in kinds.items() if sp == args.split)
     for n_img, objs in enumerate(manifest["objects"][args.split]):
         i = first + 2 * n_img  # one expression per object: image n's first expression
-        image = ds[i]["image"][None]
+        image = ds[i]["image"][None].to(run.device)
         w, h = ds.image_size(i)
-        enc = tokenize(t.tokenizer, [canonical_caption(tuple(manifest["scenes"][args.split][2 * n_img]))], cfg.data.max_tokens)
+        enc = tokenize(run.tokenizer, [canonical_caption(tuple(manifest["scenes"][args.split][2 * n_img]))], cfg.data.max_tokens)
+        enc = {k: v.to(run.device) for k, v in enc.items()}
         cam = itm_gradcam(model, image, enc["input_ids"], enc["attention_mask"], layer=layer)
-        words = dict(word_maps(cam.tokens[0], enc["input_ids"][0].tolist(), t.tokenizer))
+        words = {w: m.cpu() for w, m in word_maps(cam.tokens[0], enc["input_ids"][0].tolist(), run.tokenizer)}
         for k, o in enumerate(objs):
             for role, key in (("colour word", "color"), ("shape word", "shape")):
                 if objs[1 - k][key] != o[key]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the momentum teacher teaches: its pseudo-positive texts for training images.
 
-    python tools/inspect_pseudo_targets.py --config-file configs/pretrain/synthetic.yaml \\
+    python projects/noisy_pairs/inspect_pseudo_targets.py --config-file configs/pretrain/synthetic.yaml \\
         --weights output/synthetic/model_final.pth [--images 8] [--top-k 5] --out DIR [KEY=VALUE ...]
 
 With momentum distillation, ITC's target for an image is not its own caption alone but
@@ -43,7 +43,7 @@ import os
 import random
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout without installing
 
 
 def pick_grid(kinds: list[str], n: int, seed: int) -> list[int]:

@@ -20,7 +20,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", help="a runs.jsonl of tools/run_ablation.py")
+    p.add_argument("runs", help="a runs.jsonl of projects/ablations/run_ablation.py")
     p.add_argument("--threshold", type=float, default=55.0, help="ITC r_mean above which a run counts as taken off")
     args = p.parse_args(argv)
     if not os.path.isfile(args.runs):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tabulate several ``tools/inspect_pseudo_targets.py`` results: mean ± sd over runs.
+"""Tabulate several ``projects/noisy_pairs/inspect_pseudo_targets.py`` results: mean ± sd over runs.
 
     python projects/noisy_pairs/teacher_table.py --label mod@noise_60 DIR1 DIR2 DIR3 \\
         [--label no_mod@noise_60 DIR4 DIR5 DIR6] [--out table.md]
@@ -21,8 +21,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from albef.utils.ablation_report import _fmt  # noqa: E402
-from albef.utils.ablation_report import mean_sd as _mean_sd  # noqa: E402
+from projects.ablations.ablation_report import _fmt  # noqa: E402
+from projects.ablations.ablation_report import mean_sd as _mean_sd  # noqa: E402
 
 
 def mean_sd(vals: list[float], digits: int = 1) -> str:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in dirs:
             path = os.path.join(d, "pseudo_targets.json")
             if not os.path.isfile(path):
-                p.error(f"{path} does not exist (run tools/inspect_pseudo_targets.py --out {d})")
+                p.error(f"{path} does not exist (run projects/noisy_pairs/inspect_pseudo_targets.py --out {d})")
             with open(path, encoding="utf-8") as f:
                 results.append(json.load(f)["stats"])
         kinds = list(dict.fromkeys(k for r in results for k in r))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the default job as a user would and report its wall time and retrieval numbers.
 
-    python tools/benchmark_default_job.py [--config-file configs/pretrain/synthetic.yaml] [--output-dir DIR] [KEY=VALUE ...]
+    python projects/scaling/benchmark_default_job.py [--config-file configs/pretrain/synthetic.yaml] [--output-dir DIR] [KEY=VALUE ...]
 
 Prints a Markdown table: total wall-clock time of ``tools/train_net.py`` (data generation,
 training and evaluation included), training throughput, and the final retrieval
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv: list[str] | None = None) -> int:

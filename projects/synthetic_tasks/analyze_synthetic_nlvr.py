@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Which NLVR2 sentences a model fine-tuned on the synthetic pairs gets right.
 
-    python tools/analyze_synthetic_nlvr.py --output-dir output/nlvr_synthetic [--checkpoint model_final.pth] [--split test]
+    python projects/synthetic_tasks/analyze_synthetic_nlvr.py --output-dir output/nlvr_synthetic [--checkpoint model_final.pth] [--split test]
 
 Loads ``OUTPUT_DIR/config.yaml`` and the checkpoint, predicts every entry of the split
 with the ``eval.nlvr`` evaluator's head and prints the accuracy per sentence form
@@ -19,11 +19,10 @@ from collections import defaultdict
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout without installing
 
-from albef.config import load_config  # noqa: E402
 from albef.data.synthetic.tasks.nlvr import nlvr_sentence_form  # noqa: E402
-from albef.engine.defaults import Trainer  # noqa: E402
+from projects.synthetic_tasks.run import build_evaluators, load_config_of_run, load_run  # noqa: E402
 
 
 @torch.no_grad()
@@ -33,19 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="model_final.pth")
     p.add_argument("--split", default="test", choices=["val", "test"])
     args = p.parse_args(argv)
-    cfg = load_config(os.path.join(args.output_dir, "config.yaml"), [f"output_dir={os.path.join(args.output_dir, 'analysis')}"])
+    cfg = load_config_of_run(args.output_dir)
     evals = {k: v for k, v in (cfg.eval or {}).items() if v is not None and v.get("name") == "ClassificationEvaluator" and v.get("split") == args.split}
     if cfg.data.get("synthetic_task") is None or cfg.data.synthetic_task.task != "nlvr" or not evals:
         print(f"error: {args.output_dir} is not a synthetic NLVR2 run with a ClassificationEvaluator on split {args.split!r}", file=sys.stderr)
         return 2
-    t = Trainer(cfg, eval_only=True)
-    t.checkpointer.load(os.path.join(args.output_dir, args.checkpoint), checkpointables=[])
-    ev = t.evaluators[next(iter(evals))]
-    model = t.model.eval()
+    run = load_run(cfg, os.path.join(args.output_dir, args.checkpoint))
+    ev = build_evaluators(run)[next(iter(evals))]
+    model = run.model
     preds = []
     for batch in ev.loader_fn(ev.dataset, ev.batch_size):
         batch.pop("skipped", None)
-        preds.append(ev.predict(model, batch).argmax(dim=1))
+        batch = {k: v.to(run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        preds.append(ev.predict(model, batch).argmax(dim=1).cpu())
     pred = torch.cat(preds).tolist()
     with open(cfg.data[args.split].ann_files[0]) as f:
         entries = json.load(f)

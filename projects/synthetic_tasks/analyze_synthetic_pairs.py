@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where a model trained on the synthetic data gets retrieval right and wrong.
 
-    python tools/analyze_synthetic_pairs.py --output-dir output/synthetic
+    python projects/synthetic_tasks/analyze_synthetic_pairs.py --output-dir output/synthetic
 
 Loads ``OUTPUT_DIR/config.yaml`` and ``model_final.pth`` and, on the synthetic test split,
 reports for image->text retrieval (ITC cosine, and the ITM logit over all pairs) whether the
@@ -18,12 +18,11 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout without installing
 
-from albef.config import load_config  # noqa: E402
 from albef.data.tokenization import tokenize  # noqa: E402
-from albef.engine.defaults import Trainer  # noqa: E402
 from albef.evaluation.retrieval import itm_scores  # noqa: E402
+from projects.synthetic_tasks.run import build_evaluators, load_config_of_run, load_run  # noqa: E402
 
 
 @torch.no_grad()
@@ -31,13 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", required=True)
     args = p.parse_args(argv)
-    cfg = load_config(os.path.join(args.output_dir, "config.yaml"), [f"output_dir={os.path.join(args.output_dir, 'analysis')}"])
+    cfg = load_config_of_run(args.output_dir)
     if cfg.data.synthetic is None:
         print("error: this run did not use the synthetic data", file=sys.stderr)
         return 2
-    t = Trainer(cfg)
-    t.checkpointer.load(os.path.join(args.output_dir, "model_final.pth"), checkpointables=[])
-    model, ds = t.model.eval(), t.test_set
+    run = load_run(cfg, os.path.join(args.output_dir, "model_final.pth"))
+    evaluators = build_evaluators(run)
+    model, tokenizer = run.model, run.tokenizer
+    ds = next(iter(evaluators.values())).dataset  # the first evaluator's split: data.test
     with open(os.path.join(cfg.data.synthetic.root, "manifest.json")) as f:
         groups = json.load(f)["test_groups"]
     n = len(ds)
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     for g, members in enumerate(groups):
         for i in members.values():
             group[i] = g
-    ev = next(e for e in t.evaluators.values() if hasattr(e, "max_tokens"))
-    enc = tokenize(t.tokenizer, ds.text, ev.max_tokens, pad_to_max=True, mode=cfg.data.tokenization)
+    ev = next(e for e in evaluators.values() if hasattr(e, "max_tokens"))
+    enc = {k: v.to(run.device) for k, v in tokenize(tokenizer, ds.text, ev.max_tokens, pad_to_max=True, mode=cfg.data.tokenization).items()}
     text_embeds, text_feat = model.encode_text(enc["input_ids"], enc["attention_mask"])
-    image_embeds, image_feat = model.encode_image(torch.stack([ds[i]["image"] for i in range(n)]))
+    image_embeds, image_feat = model.encode_image(torch.stack([ds[i]["image"] for i in range(n)]).to(run.device))
     scores = {"itc": image_feat @ text_feat.t()}
     if model.has_head("itm"):
         img_idx, txt_idx = torch.arange(n).repeat_interleave(n), torch.arange(n).repeat(n)
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             itm_scores(model, "itm", text_embeds[txt_idx[s:s + 4096]], enc["attention_mask"][txt_idx[s:s + 4096]], image_embeds[img_idx[s:s + 4096]])
             for s in range(0, n * n, 4096)
         ]).view(n, n)
+    scores = {k: v.float().cpu() for k, v in scores.items()}
     same = group.view(-1, 1) == group.view(1, -1)
     eye = torch.eye(n, dtype=torch.bool)
     print("| scores | top caption right | its pair partner | another scene | within-pair accuracy |\n|---|---|---|---|---|")

@@ -1,6 +1,6 @@
 """Per-kind VQA accuracy of a synthetic VQA run, from its result file and the data's manifest.
 
-    python tools/analyze_synthetic_vqa.py --output-dir output/vqa_synthetic [--split test]
+    python projects/synthetic_tasks/analyze_synthetic_vqa.py --output-dir output/vqa_synthetic [--split test]
 
 The official result format keeps only ``question_id`` and ``answer``; the synthetic data's
 manifest says what kind of question each entry is (colour, shape, relation, object,
@@ -15,7 +15,7 @@ import os
 import sys
 from collections import defaultdict
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # run from a checkout without installing
 
 from albef.config import load_config  # noqa: E402
 from albef.evaluation.vqa import vqa_accuracy  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the downstream tasks on the synthetic world as a user would, and tabulate them.
 
-    python tools/benchmark_tasks.py [--weights output/synthetic/model_final.pth] [--tasks retrieval ve nlvr vqa grounding]
+    python projects/synthetic_tasks/benchmark_tasks.py [--weights output/synthetic/model_final.pth] [--tasks retrieval ve nlvr vqa grounding]
                                     [--repeats N] [--no-random-init] [--output-dir output/benchmark_tasks]
 
 Run the default job first (``python tools/train_net.py --config-file configs/pretrain/synthetic.yaml``):
@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "tools", "train_net.py")
 CONFIGS = {
     "retrieval": "configs/retrieval/synthetic.yaml",

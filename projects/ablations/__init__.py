@@ -1,0 +1,1 @@
+"""projects/ablations as importable modules (`python -m projects.ablations.<script>`)."""

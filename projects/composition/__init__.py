@@ -1,0 +1,1 @@
+"""projects/composition as importable modules (`python -m projects.composition.<script>`)."""

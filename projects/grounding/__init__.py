@@ -1,0 +1,1 @@
+"""projects/grounding as importable modules (`python -m projects.grounding.<script>`)."""

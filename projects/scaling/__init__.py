@@ -1,0 +1,1 @@
+"""projects/scaling as importable modules (`python -m projects.scaling.<script>`)."""
