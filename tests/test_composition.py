@@ -375,6 +375,38 @@ def test_probe_end_to_end_with_a_model_whose_answer_is_known(tokenizer):
     assert unbalanced["kinds"]["relation_flip"]["itm"] == 100.0 and balanced["kinds"]["relation_flip"]["itm"] == 50.0
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_composition_evaluator_runs_the_probe_on_rank_0_only(tokenizer, monkeypatch, rank):
+    """Under distributed evaluation the probe runs once, on rank 0, and every rank returns
+    rank 0's metrics (broadcast), as the other evaluators return the same all-reduced ones."""
+    from albef.evaluation import composition
+    from albef.utils import comm
+
+    class DS:
+        text = ["a red circle left of a blue square", "a dog"]
+        txt2img = [0, 1]
+        ann_file = None
+
+        def __len__(self):
+            return 2
+
+    probes, sent = [], []
+    real = composition.evaluate_composition
+    monkeypatch.setattr(composition, "evaluate_composition", lambda *a, **k: probes.append(1) or real(*a, **k))
+    monkeypatch.setattr(comm, "get_rank", lambda: rank)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    from_rank0 = {"composition/relation_flip_itm": 100.0, "composition/relation_flip_itc": 100.0, "composition/relation_flip_n": 1.0}
+    monkeypatch.setattr(comm, "broadcast_object", lambda obj, src=0: sent.append(obj) or (obj if rank == 0 else dict(from_rank0)))
+    loader = lambda ds, bs: [{"image": torch.zeros(2, 3, 2, 2), "index": torch.arange(2)}]  # noqa: E731
+    ev = composition.CompositionEvaluator(dataset=DS(), prefix="composition", loader_fn=loader, tokenizer=tokenizer,
+                                          kinds=["relation_flip"], max_tokens=16, balanced=False,
+                                          manifest={"colors": ["red", "blue"], "shapes": ["circle", "square"]})
+    out = ev.evaluate(_WordModel(tokenizer.convert_tokens_to_ids("left")))
+    assert out == from_rank0
+    assert probes == ([1] if rank == 0 else [])  # the other ranks do not repeat the probe
+    assert sent == ([from_rank0] if rank == 0 else [None])
+
+
 # --------------------------------------------------------------------------- through the CLI
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, synthetic_root):

@@ -81,6 +81,69 @@ def test_streaming_loader_resumes_exactly(tiny_cfg, tokenizer, tiny_shards):
     assert other.reseed == 5 and other.positions == [0]
 
 
+@pytest.mark.parametrize("bufsize", [2, 5, 7, 100])
+def test_buffer_shuffle_is_webdatasets_and_resumes_from_a_replay(bufsize):
+    import random
+
+    from webdataset.filters import _shuffle
+
+    from albef.data.stream_shuffle import buffer_shuffle, replay_shuffle
+
+    for n in (1, 5, 40):
+        ours = list(buffer_shuffle(range(n), bufsize, random.Random(3)))
+        assert ours == list(_shuffle(iter(range(n)), bufsize=bufsize, initial=bufsize, rng=random.Random(3)))
+        for k in range(1, n):  # continue from the replayed state: the rest of the same order
+            rng = random.Random(3)
+            buffered, read = replay_shuffle(n, k, bufsize, rng)
+            assert sorted(buffered + ours[:k]) == list(range(read))
+            assert list(buffer_shuffle(range(read, n), bufsize, rng, buf=buffered)) == ours[k:]
+
+
+def _raw_stream(ds, n):
+    from torch.utils.data import DataLoader
+
+    it = iter(DataLoader(ds, batch_size=None, num_workers=0))
+    return [next(it)["sample_id"] for _ in range(n)]
+
+
+@pytest.mark.parametrize("bufsize", [0, 5, 13])
+def test_resume_skips_whole_consumed_shards(tiny_shards, monkeypatch, bufsize):
+    """A stream resumed deep in an epoch continues exactly, and opens only the shards that
+    still hold samples to come (the shuffle replayed over positions), not the consumed ones."""
+    from albef.data import shards
+
+    ds = _wds(tiny_shards, shuffle_buffer=bufsize)
+    ds.set_stream(0, 1, 0, [0])
+    ref = _raw_stream(ds, 48 + 48)  # one reader: 8 shards of 6 per epoch, two epochs
+    opened, read = [], []
+    real = shards.iter_shard
+
+    def counting(url):
+        opened.append(os.path.basename(url))
+        for raw in real(url):
+            read.append(raw["__key__"])
+            yield raw
+
+    monkeypatch.setattr(shards, "iter_shard", counting)
+    for at in (48 + 1, 48 + 30, 48 + 45):  # inside the second epoch
+        opened.clear()
+        read.clear()
+        ds.set_stream(0, 1, 0, [at])
+        assert _raw_stream(ds, 96 - at) == ref[at:], at
+        # opened: exactly the shards that hold a sample still to come (in the buffer or not yet read)
+        to_come = {sid.split("#")[0] for sid in ref[at:]}
+        assert sorted(opened) == sorted(to_come), (at, opened)
+        assert len(read) <= 6 * len(to_come)
+        if at == 48 + 45:
+            assert len(opened) <= 3 and len(read) <= 18  # 3 samples to come: not the epoch's 8 shards, 48 samples
+    # no per-shard counts (a pattern without its index): the consumed samples are re-read, still exactly
+    opened.clear()
+    ds = _wds(os.path.join(tiny_shards, "shard-{000000..000007}.tar"), shuffle_buffer=bufsize)
+    ds.set_stream(0, 1, 0, [30])
+    assert _raw_stream(ds, 10) == ref[30:40]
+    assert {f"shard-{i:06d}.tar" for i in ds._epoch_shards(0, 0, 1)[:5]} <= set(opened)  # positions 0-29 read again
+
+
 def test_training_on_shards_through_the_cli_and_resume(synthetic_root, tiny_shards, tmp_path):
     import shutil
 

@@ -262,6 +262,37 @@ def test_bad_annotation_files(tmp_path, image_dir, cls):
         cls([], image_root=str(image_dir), is_train=False, transforms=EVAL_T)
 
 
+def _latin1_ve_file(path) -> int:
+    """An SNLI-VE file written in Latin-1 ("café" as one byte 0xE9) past the first 8 KiB (a
+    text stream's first read); returns that byte's offset in the file."""
+    anns = [dict(VE_OK, sentence=f"a red thing number {i}") for i in range(400)] + [dict(VE_OK, sentence="a red café")]
+    data = json.dumps(anns, ensure_ascii=False).encode("latin-1")
+    path.write_bytes(data)
+    assert len(data) > 8192 and data.count(b"\xe9") == 1
+    return data.index(b"\xe9")
+
+
+def test_annotation_file_not_utf8_names_file_and_byte(tmp_path, image_dir):
+    latin = tmp_path / "ve_latin1.json"
+    pos = _latin1_ve_file(latin)
+    with pytest.raises(DataError) as ei:
+        VisualEntailmentJSON(str(latin), image_root=str(image_dir), is_train=False, transforms=EVAL_T)
+    msg = str(ei.value)
+    assert str(latin) in msg and "UTF-8" in msg and f"byte {pos} " in msg, msg
+
+
+def test_annotation_file_not_utf8_through_the_cli(synthetic_root, tmp_path, image_dir):
+    from conftest import TINY, run_cli
+
+    latin = tmp_path / "ve_latin1.json"
+    pos = _latin1_ve_file(latin)
+    r = run_cli(["--config-file", TINY, f"data.synthetic.root={synthetic_root}", "eval.retrieval=null", "train.max_iter=1",
+                 f"output_dir={tmp_path / 'out'}", f"data.train={{name: VisualEntailmentJSON, ann_files: [{latin}], image_root: {image_dir}}}"])
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "UnicodeDecodeError" not in r.stderr, r.stderr[-3000:]
+    assert str(latin) in r.stderr and f"byte {pos} " in r.stderr
+
+
 # --------------------------------------------------------------------------- bad images
 def _ve_with_bad_images():
     return [
@@ -549,3 +580,19 @@ def test_dataset_with_own_sampler(tiny_cfg, tokenizer, monkeypatch):
     s = build_train_sampler(cfg, plain, start_iter=3)
     assert isinstance(s, InfiniteSampler)
     assert (s.size, s.seed, s.rank, s.world_size, s.start) == (6, 7, 1, 2, 24)
+
+
+def test_loader_classes_take_objects_not_the_config(tiny_cfg, tokenizer):
+    """The builder makes the collator and the sampler; a loader class is built from them
+    directly, with plain arguments, and gives the batches the config path gives."""
+    from albef.data.loaders import MapStyleLoader
+
+    cfg = tiny_cfg("train.batch_size=4", "train.seed=3", "data.num_workers=0")
+    ds = _OwnSamplerDataset()
+    via_cfg = [b["index"].tolist() for b in build_train_loader(cfg, ds, tokenizer, start_iter=1)]
+    direct = MapStyleLoader(ds, collate_fn=build_collator(cfg, ds, tokenizer), sampler=build_train_sampler(cfg, ds, start_iter=1),
+                            batch_size=4, seed=3)
+    assert [b["index"].tolist() for b in direct] == via_cfg == [[5, 4, 3, 2], [1, 0, 5, 4]]
+    assert ds.calls[-1] == dict(seed=3, rank=0, world_size=1, start=4)
+    with pytest.raises(ValueError, match="MapStyleLoader needs a map-style dataset.*StreamingLoader"):
+        MapStyleLoader(ds, collate_fn=build_collator(cfg, ds, tokenizer), sampler=None, batch_size=4)

@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from albef.config import runtime
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
 from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, LOADER_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component
@@ -175,14 +176,29 @@ def build_train_sampler(cfg: DictConfig, dataset: Dataset, start_iter: int = 0):
 
 
 def build_train_loader(cfg: DictConfig, dataset, tokenizer, start_iter: int = 0):
-    """The training loader of ``data.loader`` (a LOADER_REGISTRY builder, see
+    """The training loader of ``data.loader`` (a LOADER_REGISTRY class, see
     :mod:`albef.data.loaders`; ``name: auto`` = the dataset's ``loader`` attribute, else
-    MapStyleLoader) over ``dataset``, positioned after ``start_iter`` iterations."""
+    MapStyleLoader) over ``dataset``, positioned after ``start_iter`` iterations.
+
+    The pieces are made here and handed over as objects (detectron2's
+    ``build_detection_train_loader``): the collator with the text negatives, the sampler
+    (none for an ``IterableDataset``, which splits its own stream), and the settings of
+    ``data`` and ``train``; the loader class receives those its constructor names, plus the
+    ``data.loader`` keys (``pin_memory`` auto resolved for this machine)."""
     node = OmegaConf.to_container(cfg.data.loader, resolve=True) if cfg.data.get("loader") is not None else {}
     node = dict(node or {})
     if node.get("name", "auto") in (None, "auto"):
         node["name"] = getattr(_base_dataset(dataset), "loader", "MapStyleLoader")
-    return build_component(LOADER_REGISTRY, node, where="data.loader", cfg=cfg, dataset=dataset, tokenizer=tokenizer, start_iter=start_iter)
+    if "pin_memory" in node:
+        node["pin_memory"] = runtime.pin_memory(cfg)
+    sampler = None if isinstance(dataset, IterableDataset) else build_train_sampler(cfg, dataset, start_iter)
+    collate_fn = build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg))
+    return build_component(
+        LOADER_REGISTRY, node, where="data.loader",
+        dataset=dataset, collate_fn=collate_fn, sampler=sampler, batch_size=int(cfg.train.batch_size),
+        num_workers=int(cfg.data.num_workers), seed=int(cfg.train.seed), rank=comm.get_rank(), world_size=comm.get_world_size(),
+        start_iter=int(start_iter),
+    )
 
 
 def build_test_loader(cfg: DictConfig, dataset, tokenizer, batch_size: int) -> DataLoader:

@@ -1,33 +1,35 @@
-"""Training-loader builders (``data.loader``, LOADER_REGISTRY): how a dataset becomes an
-endless stream of batches on this rank, where that stream stands (``state_dict``) and how
-it continues after ``--resume`` (``load_state_dict``).
+"""Training loaders (``data.loader``, LOADER_REGISTRY): how a dataset becomes an endless
+stream of batches on this rank, where that stream stands (``state_dict``) and how it
+continues after ``--resume`` (``load_state_dict``).
 
 * :class:`MapStyleLoader` -- a dataset with ``__getitem__`` and ``__len__`` (the JSON
-  readers): an :class:`~albef.data.samplers.InfiniteSampler` (or the dataset's own
-  ``build_sampler``) shards ``(epoch, index)`` keys across ranks; the position is the
-  iteration count, so a resumed run sees exactly the batches an uninterrupted one would.
+  readers), drawn through a sampler that shards ``(epoch, index)`` keys across ranks
+  (:class:`~albef.data.samplers.InfiniteSampler` or the dataset's own ``build_sampler``);
+  the sampler starts at the resumed position, so a resumed run sees exactly the batches an
+  uninterrupted one would.
 * :class:`StreamingLoader` -- an ``IterableDataset`` that shards itself across ranks and
   DataLoader workers (:class:`~albef.data.datasets.webdataset_pretrain.WebDatasetPretrain`):
   each batch carries its worker's stream position, the loader keeps the latest per worker,
   and a resumed run hands them back to the dataset.
 
-``data.loader.name: auto`` takes the dataset's ``loader`` attribute (MapStyleLoader when it
-has none). A loader builder is ``cls(cfg, dataset, tokenizer, start_iter=0, **settings)``
-with ``__iter__`` (batches of ``train.batch_size``), ``epoch_size`` (pairs per epoch, or
-None) and optionally ``state_dict()`` / ``load_state_dict(state, start_iter)``.
+The loaders take built objects, not the config: :func:`albef.data.build.build_train_loader`
+makes the collator (with the text negatives), the sampler and the settings from ``data``
+and ``train`` and passes each loader class the ones its constructor names (``dataset``,
+``collate_fn``, ``sampler`` -- None for an ``IterableDataset`` --, ``batch_size``,
+``num_workers``, ``seed``, ``rank``, ``world_size``, ``start_iter``, and the
+``data.loader`` keys). ``data.loader.name: auto`` takes the dataset's ``loader`` attribute
+(MapStyleLoader when it has none). A loader has ``__iter__`` (batches of ``batch_size``),
+``epoch_size`` (pairs per epoch, or None) and optionally ``state_dict()`` /
+``load_state_dict(state, start_iter)``.
 """
 from __future__ import annotations
 
 import logging
 import signal
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
-from omegaconf import DictConfig
-from torch.utils.data import DataLoader
-
-from albef.config import runtime
-from albef.utils import comm
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 logger = logging.getLogger("albef.data")
 
@@ -52,30 +54,42 @@ def epoch_size(dataset) -> int | None:
 
 
 class MapStyleLoader(DataLoader):
-    """Batches of ``train.batch_size`` from the dataset's sampler, with ``data.num_workers``
-    workers; text padded as ``data.padding`` says. Its position is the iteration count
-    (``start_iter``), nothing else to save. A ``torch.utils.data.DataLoader``."""
+    """Batches of ``batch_size`` indices drawn by ``sampler`` from ``dataset``, collated by
+    ``collate_fn``, incomplete batches dropped. Its position is the sampler's (built at the
+    resumed iteration), nothing else to save. A ``torch.utils.data.DataLoader``.
 
-    def __init__(self, cfg: DictConfig, dataset, tokenizer, start_iter: int = 0, *, prefetch_factor: int = 4, pin_memory: bool | None = None,
-                 persistent_workers: bool = True):
-        from albef.data.build import build_collator, build_text_negatives, build_train_sampler
+    Args:
+        dataset: a map-style dataset (``__getitem__``, ``__len__``).
+        collate_fn: list of samples -> batch dict (the ``data.collator``).
+        sampler: an endless, rank-sharded index stream (None: an error naming the way out).
+        batch_size: samples per batch on this rank (``train.batch_size``).
+        num_workers: DataLoader worker processes (``data.num_workers``).
+        seed, rank: seed the loader's own generator with ``seed + rank``.
+        prefetch_factor, pin_memory, persistent_workers: ``data.loader`` settings
+            (``pin_memory`` resolved from auto by the builder).
+    """
 
-        rank = comm.get_rank()
-        nw = cfg.data.num_workers
+    def __init__(self, dataset: Dataset, *, collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]], sampler: Sampler | None,
+                 batch_size: int, num_workers: int = 0, seed: int = 0, rank: int = 0, prefetch_factor: int = 4,
+                 pin_memory: bool = False, persistent_workers: bool = True):
+        if sampler is None:
+            raise ValueError(f"data.loader: MapStyleLoader needs a map-style dataset (indexed, with a length); "
+                             f"{type(dataset).__name__} is an IterableDataset: use StreamingLoader (or name: auto)")
+        nw = int(num_workers)
         super().__init__(
             dataset,
-            batch_size=cfg.train.batch_size,
-            sampler=build_train_sampler(cfg, dataset, start_iter),
+            batch_size=int(batch_size),
+            sampler=sampler,
             num_workers=nw,
-            collate_fn=build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)),
-            pin_memory=runtime.pin_memory(cfg) if pin_memory is None else bool(pin_memory),
+            collate_fn=collate_fn,
+            pin_memory=bool(pin_memory),
             drop_last=True,
             persistent_workers=bool(persistent_workers) and nw > 0,
             prefetch_factor=int(prefetch_factor) if nw > 0 else None,
             worker_init_fn=ignore_preemption_signals if nw > 0 else None,
             # Its own generator: creating the iterator must not draw from the global RNG,
             # or a resumed run would diverge from an uninterrupted one.
-            generator=torch.Generator().manual_seed(cfg.train.seed + rank),
+            generator=torch.Generator().manual_seed(int(seed) + int(rank)),
         )
 
     @property
@@ -109,25 +123,37 @@ class StreamingLoader:
     ranks and workers and the dataset can seek (an epoch-ordered shard stream); otherwise
     the stream is reseeded with ``start_iter`` (new order, no exact continuation) and a
     warning says so.
+
+    Args:
+        dataset: an ``IterableDataset`` with ``set_stream`` (and ``seekable``).
+        collate_fn: list of samples -> batch dict (the ``data.collator``).
+        batch_size: samples per batch on this rank (``train.batch_size``).
+        num_workers: DataLoader worker processes = streams of this rank (``data.num_workers``).
+        rank, world_size: this process's place among the readers.
+        seed: seeds the DataLoader's own generator with ``seed + rank``.
+        start_iter: the iteration a resumed run starts at (reseeds the stream when no saved
+            position is loaded).
+        prefetch_factor, pin_memory: ``data.loader`` settings; ``persistent_workers`` is
+            accepted for the shared config node (each pass starts its own workers).
     """
 
-    def __init__(self, cfg: DictConfig, dataset, tokenizer, start_iter: int = 0, *, prefetch_factor: int = 4, pin_memory: bool | None = None,
-                 persistent_workers: bool = True):
-        from albef.data.build import build_collator, build_text_negatives
-
+    def __init__(self, dataset, *, collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]], batch_size: int, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, start_iter: int = 0, prefetch_factor: int = 4,
+                 pin_memory: bool = False, persistent_workers: bool = True):
         if not hasattr(dataset, "set_stream"):
             raise ValueError(f"data.loader: StreamingLoader needs a dataset that splits its own stream (set_stream); "
                              f"{type(dataset).__name__} does not: use MapStyleLoader (or name: auto)")
-        self.cfg = cfg
         self.dataset = dataset
         self.epoch_size = epoch_size(dataset)
-        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
-        self.num_workers = int(cfg.data.num_workers)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.num_workers = int(num_workers)
         self.positions = [0] * max(self.num_workers, 1)
         self.batches = 0  # handed out so far: the DataLoader takes batch i from worker i % workers
         self.reseed = 0
-        self.collate = _StreamCollate(build_collator(cfg, dataset, tokenizer, pad_to_max=runtime.pad_to_max(cfg), text_negatives=build_text_negatives(cfg)))
-        self.pin_memory = runtime.pin_memory(cfg) if pin_memory is None else bool(pin_memory)
+        self.collate = _StreamCollate(collate_fn)
+        self.pin_memory = bool(pin_memory)
         self.prefetch_factor = int(prefetch_factor)
         self.start_iter = int(start_iter)
         self._resolved = start_iter == 0  # a resumed run's position comes from load_state_dict, or is reseeded at __iter__
@@ -162,12 +188,12 @@ class StreamingLoader:
         nw = self.num_workers
         self.dataset.set_stream(self.rank, self.world_size, nw, list(self.positions), self.reseed, worker_offset=self.batches % max(nw, 1))
         loader = DataLoader(
-            self.dataset, batch_size=self.cfg.train.batch_size, num_workers=nw, collate_fn=self.collate, drop_last=True,
+            self.dataset, batch_size=self.batch_size, num_workers=nw, collate_fn=self.collate, drop_last=True,
             pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor if nw > 0 else None,
             worker_init_fn=ignore_preemption_signals if nw > 0 else None,
             # its own generator, as MapStyleLoader: the iterator's base seed must not come from
             # the global RNG, whose state a resumed run restores from the checkpoint
-            generator=torch.Generator().manual_seed(self.cfg.train.seed + self.rank),
+            generator=torch.Generator().manual_seed(self.seed + self.rank),
         )
         for batch in loader:
             worker, pos = batch.pop("stream_pos")

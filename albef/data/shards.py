@@ -36,7 +36,7 @@ import os
 import sys
 from typing import Any, Iterator, Sequence
 
-from albef.data.datasets.base import DataError, captions_of, read_json_list, resolve_image_path
+from albef.data.datasets.base import DataError, captions_of, read_json, read_json_list, resolve_image_path
 from albef.data.text import pre_caption
 from albef.utils.file_io import PathManager
 
@@ -55,11 +55,7 @@ def read_index(path: str) -> dict[str, Any]:
     file = path if path.endswith(".json") and not PathManager.isdir(path) else os.path.join(path, "index.json")
     if not PathManager.exists(file):
         raise DataError(f"shard index not found: {file} (tools/make_shards.py writes it last: an unfinished set has none)")
-    with PathManager.open(file, "r") as f:
-        try:
-            idx = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{file}: not valid JSON ({e})") from e
+    idx = read_json(file, "shard index")
     if not isinstance(idx, dict) or idx.get("format") != FORMAT:
         raise DataError(f"{file}: not a shard index of format {FORMAT}")
     shards = idx.get("shards")

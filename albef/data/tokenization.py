@@ -13,10 +13,35 @@ class TokenizerError(ValueError):
     pass
 
 
+def _is_local_path(value: str) -> bool:
+    """Whether ``data.tokenizer`` names a file or directory rather than a hub model: it ends
+    in .txt/.json, or it cannot be a hub id (``name`` or ``namespace/name``, checked by
+    huggingface_hub's own rule), e.g. an absolute or ``./`` path or one with several parts."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if value.endswith((".txt", ".json")):
+        return True
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return True
+    return False
+
+
 def build_tokenizer(name_or_path: str):
-    """A transformers tokenizer from a ``vocab.txt`` file, a local directory, or a hub name (cached or online)."""
+    """A transformers tokenizer from a ``vocab.txt`` file, a local directory, or a hub name (cached or online).
+
+    A value that can only be a path (see :func:`_is_local_path`) and does not exist is a
+    TokenizerError saying so, not transformers' message about hub ids."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
+    name_or_path = os.path.expanduser(str(name_or_path))
+    if not os.path.exists(name_or_path) and _is_local_path(name_or_path):
+        raise TokenizerError(
+            f"data.tokenizer: {name_or_path} does not exist (file or directory not found). Give a WordPiece vocab.txt, a "
+            f"tokenizer directory or a hub name such as bert-base-uncased; build a vocabulary with "
+            f"`python tools/build_vocab.py --ann-files YOUR.json --out-dir DIR` and set data.tokenizer=DIR/vocab.txt"
+        )
     if os.path.isfile(name_or_path):
         if not name_or_path.endswith(".txt"):
             raise TokenizerError(f"data.tokenizer: {name_or_path} is a file but not a WordPiece vocab.txt")

@@ -26,6 +26,7 @@ from albef.data.caption_edits import CaptionEdits, SwapWords, load_edit_rules
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn
 from albef.evaluation.retrieval import encode_images, encode_texts, pair_itm_logits
+from albef.utils import comm
 
 __all__ = ["probe_items", "preference_shares", "evaluate_composition", "CompositionEvaluator", "world_manifest"]
 
@@ -234,6 +235,11 @@ class CompositionEvaluator(Evaluator):
         self.last: dict[str, Any] | None = None
 
     def evaluate(self, model) -> dict[str, float]:
+        # The probe is not split across ranks: rank 0 runs it once and every rank returns its
+        # metrics (as the other evaluators' all-reduced ones, the same everywhere); ``last``
+        # (the per-question rows) is kept on rank 0 only.
+        if not comm.is_main_process():
+            return comm.broadcast_object(None)
         res = evaluate_composition(model, self.dataset, self.loader_fn(self.dataset, self.batch_size), self.tokenizer, self.edits,
                                    kinds=self.kinds, max_tokens=self.max_tokens, device=self.device, amp=self.amp,
                                    tokenization=self.tokenization, head=self.head, balanced=self.balanced)
@@ -244,4 +250,4 @@ class CompositionEvaluator(Evaluator):
                 if name in r:
                     out[f"{self.prefix}/{kind}_{name}"] = r[name]
             out[f"{self.prefix}/{kind}_n"] = float(r["n"])
-        return out
+        return comm.broadcast_object(out)

@@ -22,14 +22,25 @@ class DataError(RuntimeError):
 
 
 def read_json(path: str, what: str = "annotation file") -> Any:
-    """The JSON value in ``path``; a missing file or invalid JSON is a DataError naming it."""
+    """The JSON value in ``path`` (UTF-8 text); a missing file, text in another encoding or
+    invalid JSON is a DataError naming the file (and, for a bad byte, its position)."""
     if not PathManager.exists(path):
         raise DataError(f"{what} not found: {path}")
-    with PathManager.open(path, "r") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON ({e})") from e
+    with PathManager.open(path, "rb") as f:
+        data = f.read()
+    try:
+        # decoded here, whole, rather than by a text stream: the error's offset is then the
+        # byte's position in the file, not in whichever read chunk it fell in
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text: byte {e.start} ({data[e.start:e.start + 1]!r}) {e.reason}; JSON {what}s must be "
+            "UTF-8: re-encode the file (e.g. iconv -f latin1 -t utf-8, with its actual encoding)"
+        ) from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from e
 
 
 def read_json_list(path: str, what: str = "annotation file") -> list[Any]:

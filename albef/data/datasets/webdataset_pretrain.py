@@ -1,12 +1,14 @@
 """Pretraining pairs streamed from WebDataset tar shards (``tools/make_shards.py``)."""
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import json
-import tarfile
 import logging
 import os
 import random
+import tarfile
 import zlib
 from typing import Any, Iterator, Sequence
 
@@ -14,6 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from albef.data.datasets.base import DataError, decode_image, sample_rng
+from albef.data.stream_shuffle import buffer_shuffle, replay_shuffle
 from albef.data.text import pre_caption
 from albef.data.transforms import PairedHorizontalFlip, build_transforms
 from albef.utils import comm
@@ -70,8 +73,10 @@ class WebDatasetPretrain(IterableDataset):
     (``shuffle_buffer`` samples, webdataset's, seeded by (seed, e, s)). A reader's epochs
     follow each other without end. The stream is a pure function of the seed and the number
     of samples a reader has consumed, so :class:`~albef.data.loaders.StreamingLoader` resumes
-    it exactly from that count (it re-reads the skipped bytes of the current epoch without
-    decoding them, and jumps over whole epochs when the index gives the shard sizes).
+    it exactly from that count. With the index's shard sizes it jumps over whole epochs and,
+    inside the epoch, over whole consumed shards (the shuffle buffer replayed over sample
+    positions, :mod:`albef.data.stream_shuffle`): only the shards still holding samples to
+    come are read. Without them it re-reads the consumed samples without decoding them.
 
     ``resampled``: shards drawn with replacement, forever (webdataset's multi-node mode: no
     epoch boundaries to agree on, any number of readers); a resumed run reseeds it.
@@ -141,9 +146,50 @@ class WebDatasetPretrain(IterableDataset):
     def _shuffled(self, raw: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
         if self.shuffle_buffer <= 1:
             return raw
-        from webdataset.filters import _shuffle
+        return buffer_shuffle(raw, self.shuffle_buffer, rng)
 
-        return _shuffle(iter(raw), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)
+    def _read_positions(self, shard_ids: list[int], counts: list[int], wanted: set[int], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(position in the epoch, raw sample) for the positions in ``wanted`` and every one
+        from ``start`` on, in order. A shard that ends before ``start`` is opened only if it
+        holds a wanted position, and closed after its last one."""
+        first = 0
+        for i, n in zip(shard_ids, counts):
+            end = first + n
+            last = max((p for p in wanted if first <= p < end), default=first - 1) if end <= start else None
+            if last is None or last >= first:
+                with contextlib.closing(self._read_shards([i])) as shard:
+                    for j, raw in enumerate(shard):
+                        pos = first + j
+                        if last is not None and pos > last:
+                            break
+                        if pos >= start or pos in wanted:
+                            yield pos, raw
+            first = end
+
+    def _resumed_epoch(self, shard_ids: list[int], rng: random.Random, skip: int) -> Iterator[dict[str, Any]]:
+        """The epoch's shuffled raw stream after its first ``skip`` samples, without reading
+        the shards those used up: the shuffle buffer is replayed over sample positions (the
+        index's per-shard counts), which gives the positions still buffered and the first one
+        not yet read; only the shards holding those are opened, so the cost of a resume does
+        not grow with the position in the epoch. Trusts the index's counts, as the jump over
+        whole epochs does."""
+        counts = [self.counts[i] for i in shard_ids]
+        if self.shuffle_buffer > 1:
+            buffered, start = replay_shuffle(sum(counts), skip, self.shuffle_buffer, rng)
+        else:  # no buffer: the stream is the shards' order
+            buffered, start = [], skip
+        found = self._read_positions(shard_ids, counts, set(buffered), start)
+        # every buffered position precedes `start`, so they come first
+        head = list(itertools.islice(found, len(buffered)))
+        by_pos = {p: raw for p, raw in head if p < start}
+        if len(by_pos) < len(buffered):
+            logger.warning("Resuming the shard stream: %d buffered sample(s) not found (a shard shorter than its index "
+                           "says): the stream continues without them", len(buffered) - len(by_pos))
+        rest = itertools.chain((raw for p, raw in head if p >= start), (raw for _, raw in found))
+        if self.shuffle_buffer <= 1:
+            yield from rest
+        else:
+            yield from buffer_shuffle(rest, self.shuffle_buffer, rng, buf=[by_pos[p] for p in buffered if p in by_pos])
 
     def _raw_epochs(self, reader: int, readers: int, consumed: int) -> Iterator[tuple[int, Iterator[dict[str, Any]], int]]:
         """(epoch, its shuffled raw stream, raw samples of it to skip) from position ``consumed``."""
@@ -169,7 +215,11 @@ class WebDatasetPretrain(IterableDataset):
                 epoch += 1
         while True:
             rng = random.Random(f"{self.seed}/{epoch}/{reader}/{self.reseed}")
-            yield epoch, self._shuffled(self._read_shards(self._epoch_shards(epoch, reader, readers)), rng), skip
+            shard_ids = self._epoch_shards(epoch, reader, readers)
+            if self.counts is not None and 0 < skip < sum(self.counts[i] for i in shard_ids):  # resuming inside this epoch
+                yield epoch, self._resumed_epoch(shard_ids, rng, skip), 0
+            else:
+                yield epoch, self._shuffled(self._read_shards(shard_ids), rng), skip
             skip = 0  # carried over by the caller when the epoch was shorter than the skip
             epoch += 1
 
