@@ -1,8 +1,10 @@
-"""Plugins (albef.plugins): built-ins through the hooks, in-process plugins, discovery of
-real (unpublished) distributions through the ``albef`` entry-point group, the
-ALBEF_PLUGINS switch, and the errors for clashes, import failures and unknown hooks."""
+"""Plugins (albef.plugins): built-ins registered where they are defined, in-process plugins,
+discovery of real (unpublished) distributions through the ``albef`` entry-point group (a
+plugin module registers with the registries' decorators when imported), the ALBEF_PLUGINS
+switch, and the errors for clashes, import failures and unknown registries."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -11,7 +13,8 @@ import textwrap
 import pytest
 
 from conftest import REPO, TINY, run_cli
-from albef.plugins import PluginError, component_origins, hookimpl, load_plugins, register_plugin, unregister_plugin
+import albef.engine.defaults  # noqa: F401  (imports every family: the built-ins register)
+from albef.plugins import PluginError, component_origins, load_plugins, register_plugin, unregister_plugin
 from albef.plugins import manager
 from albef.registry import ALL_REGISTRIES, MINER_REGISTRY, OBJECTIVE_REGISTRY, ComponentError, build_component, get_component, registered_names
 
@@ -34,20 +37,17 @@ def objective_module(cls_name: str) -> str:
     """Source of a plugin module registering a tiny objective: pulls the paired features together."""
     return f"""
         import torch
-        from albef.plugins import hookimpl
         from albef.modeling.objectives.base import Objective
+        from albef.registry import OBJECTIVE_REGISTRY
 
+        @OBJECTIVE_REGISTRY.register()
         class {cls_name}(Objective):
             def __init__(self, weight: float = 1.0, scale: float = 1.0):
                 super().__init__(weight)
                 self.scale = scale
 
-            def forward(self, ctx):
+            def forward(self, ctx, alpha=None):
                 return self.scale * (1 - (ctx.image_feat * ctx.text_feat).sum(-1)).mean()
-
-        @hookimpl
-        def albef_register_objectives(register):
-            register({cls_name})
         """
 
 
@@ -69,9 +69,8 @@ def fresh_plugins(monkeypatch):
 
 
 # ---------------------------------------------------------------------- built-ins and in-process
-def test_builtins_register_through_the_plugin_hooks():
-    pm = load_plugins()
-    assert pm.get_plugin("albef") is not None
+def test_builtins_register_where_defined_as_albef():
+    load_plugins()
     origins = component_origins()
     assert set(origins) == set(ALL_REGISTRIES)
     for fam, names in {"objective": ["ITCLoss", "ITMLoss", "MLMLoss"], "miner": ["ContrastiveHardNegativeMiner"], "teacher": ["MomentumTeacher", "NoTeacher"], "dataset": ["PretrainJSON"], "head": ["ITMHead"], "meta_arch": ["ALBEF"], "vision_encoder": ["TimmViT"], "text_encoder": ["BertTextEncoder"], "fusion": ["CrossAttentionFusion"]}.items():
@@ -91,36 +90,38 @@ class _LabMiner:
         self.k = k
 
 
-class _LabPlugin:
-    @hookimpl
-    def albef_register_miners(self, register):
-        register(_LabMiner, name="LabMiner")
+def _lab_plugin():
+    MINER_REGISTRY.register(_LabMiner, name="LabMiner")
+
+    @MINER_REGISTRY.register()
+    class LabDecoratedMiner(_LabMiner):
+        pass
 
 
 def test_in_process_plugin_registers_and_unregisters():
-    register_plugin(_LabPlugin(), name="lab")
+    register_plugin(_lab_plugin, name="lab")
     try:
         m = build_component(MINER_REGISTRY, {"name": "LabMiner", "k": 3}, where="model.objectives.itm.miner")
         assert isinstance(m, _LabMiner) and m.k == 3
         assert component_origins()["miner"]["LabMiner"] == "plugin 'lab' (registered in-process)"
+        assert component_origins()["miner"]["LabDecoratedMiner"] == "plugin 'lab' (registered in-process)"
         with pytest.raises(PluginError, match="already registered"):
-            register_plugin(_LabPlugin(), name="lab")
+            register_plugin(_lab_plugin, name="lab")
     finally:
         unregister_plugin("lab")
+    assert "LabDecoratedMiner" not in registered_names(MINER_REGISTRY)
     assert "LabMiner" not in registered_names(MINER_REGISTRY)
     with pytest.raises(ComponentError, match="Unknown MINER component 'LabMiner'"):
         get_component(MINER_REGISTRY, "LabMiner")
 
 
 def test_in_process_plugin_clashing_with_builtin_is_refused_and_rolled_back():
-    class Clash:
-        @hookimpl
-        def albef_register_objectives(self, register):
-            register(_LabMiner, name="FreshName")
-            register(_LabMiner, name="ITCLoss")
+    def clash():
+        OBJECTIVE_REGISTRY.register(_LabMiner, name="FreshName")
+        OBJECTIVE_REGISTRY.register(_LabMiner, name="ITCLoss")
 
     with pytest.raises(PluginError) as ei:
-        register_plugin(Clash(), name="clashy")
+        register_plugin(clash, name="clashy")
     msg = str(ei.value)
     assert "'ITCLoss'" in msg and BUILTIN in msg and "plugin 'clashy'" in msg
     assert "FreshName" not in registered_names(OBJECTIVE_REGISTRY)  # nothing half-registered
@@ -170,7 +171,8 @@ def test_env_var_selects_plugins_and_rejects_unknown_names(fresh_plugins, tmp_pa
 
 
 def test_plugin_that_fails_to_import_is_an_error_naming_it(fresh_plugins, tmp_path):
-    src = "import albefplug_missing_dependency_xyz\n"
+    # registers one component, then fails: the component must not stay behind
+    src = textwrap.dedent(objective_module("HalfLoss")) + "import albefplug_missing_dependency_xyz\n"
     sys.path.insert(0, make_dist(tmp_path / "site", "albef-broken", "2.1", {"broken": "albefplug_broken"}, {"albefplug_broken": src}))
     for _ in range(2):  # not a one-off: a second lookup fails the same way instead of going on without it
         with pytest.raises(PluginError) as ei:
@@ -178,8 +180,26 @@ def test_plugin_that_fails_to_import_is_an_error_naming_it(fresh_plugins, tmp_pa
         msg = str(ei.value)
         assert "'broken'" in msg and "albef-broken 2.1" in msg and "albefplug_broken" in msg
         assert "ModuleNotFoundError" in msg and "albefplug_missing_dependency_xyz" in msg
-    # A failed load leaves no half-registered built-ins behind.
-    assert all(not manager._origins.get(f) for f in ALL_REGISTRIES)
+    # A failed load registers nothing, and leaves the built-ins as they were.
+    assert "HalfLoss" not in OBJECTIVE_REGISTRY
+    assert OBJECTIVE_REGISTRY.provider("ITCLoss") == BUILTIN
+
+
+def test_failed_plugin_loads_afresh_once_fixed(fresh_plugins, tmp_path):
+    """Its modules are forgotten with its components, so the next load imports (and registers) again."""
+    site = tmp_path / "site"
+    make_dist(site, "albef-later", "1.0", {"later": "albefplug_later"}, {
+        "albefplug_later": "import albefplug_later_losses\nimport albefplug_later_dep\n",
+        "albefplug_later_losses": objective_module("LaterLoss"),
+    })
+    sys.path.insert(0, str(site))
+    with pytest.raises(PluginError, match="albefplug_later_dep"):
+        load_plugins()
+    assert "LaterLoss" not in OBJECTIVE_REGISTRY
+    (site / "albefplug_later_dep.py").write_text("")  # the missing dependency installed
+    importlib.invalidate_caches()
+    load_plugins()
+    assert component_origins()["objective"]["LaterLoss"] == "plugin 'later' (albef-later 1.0)"
 
 
 def test_two_plugins_registering_one_name_is_an_error_naming_both(fresh_plugins, tmp_path):
@@ -203,16 +223,16 @@ def test_two_distributions_declaring_one_plugin_name_is_an_error(fresh_plugins, 
     assert "'same'" in str(ei.value) and "albef-first 1.0" in str(ei.value) and "albef-second 1.0" in str(ei.value)
 
 
-def test_plugin_with_misspelt_hook_is_an_error(fresh_plugins, tmp_path):
+def test_plugin_with_misspelt_registry_is_an_error(fresh_plugins, tmp_path):
     src = """
-        from albef.plugins import hookimpl
+        from albef.registry import OBJECTIVES_REGISTRY  # one S too many
 
-        @hookimpl
-        def albef_register_objective(register):  # missing the final s
+        @OBJECTIVES_REGISTRY.register()
+        class TypoLoss:
             pass
         """
     sys.path.insert(0, make_dist(tmp_path / "site", "albef-typo", "1.0", {"typo": "albefplug_typo"}, {"albefplug_typo": src}))
-    with pytest.raises(PluginError, match="albef_register_objective"):
+    with pytest.raises(PluginError, match="albef plugin 'typo'.*OBJECTIVES_REGISTRY"):
         load_plugins()
 
 
@@ -270,34 +290,45 @@ def test_env_var_none_skips_even_a_broken_install(fresh_plugins, tmp_path):
 
 def test_plugin_may_look_up_builtins_while_it_is_imported(fresh_plugins, tmp_path):
     src = """
-        from albef.plugins import hookimpl
+        import albef.modeling.objectives  # the built-ins register when their package is imported
         from albef.registry import OBJECTIVE_REGISTRY, get_component
 
         ITCLoss = get_component(OBJECTIVE_REGISTRY, "ITCLoss")  # at import time
 
+        @OBJECTIVE_REGISTRY.register()
         class ScaledITCLoss(ITCLoss):
             pass
-
-        @hookimpl
-        def albef_register_objectives(register):
-            register(ScaledITCLoss)
         """
     sys.path.insert(0, make_dist(tmp_path / "site", "albef-sub", "1.0", {"sub": "albefplug_sub"}, {"albefplug_sub": src}))
     cls = get_component(OBJECTIVE_REGISTRY, "ScaledITCLoss")
     assert cls.__mro__[1] is get_component(OBJECTIVE_REGISTRY, "ITCLoss")
+    assert OBJECTIVE_REGISTRY.provider("ScaledITCLoss") == "plugin 'sub' (albef-sub 1.0)"
+    assert OBJECTIVE_REGISTRY.provider("ITCLoss") == BUILTIN
 
 
-def test_hook_wrappers_are_refused(fresh_plugins, tmp_path):
+def test_plugin_written_for_the_removed_hooks_is_told_the_new_way(fresh_plugins, tmp_path):
     src = """
         from albef.plugins import hookimpl
 
-        @hookimpl(wrapper=True)
+        @hookimpl
         def albef_register_objectives(register):
-            return (yield)
+            pass
         """
-    sys.path.insert(0, make_dist(tmp_path / "site", "albef-wrap", "1.0", {"wrap": "albefplug_wrap"}, {"albefplug_wrap": src}))
-    with pytest.raises(PluginError, match="albef plugin 'wrap': albef_register_objectives must be a plain @hookimpl"):
+    sys.path.insert(0, make_dist(tmp_path / "site", "albef-old", "1.0", {"old": "albefplug_old"}, {"albefplug_old": src}))
+    with pytest.raises(PluginError) as ei:
         load_plugins()
+    msg = str(ei.value)
+    assert "albef plugin 'old'" in msg and "albef-old 1.0" in msg and "@OBJECTIVE_REGISTRY.register()" in msg
+
+
+def test_in_process_plugin_by_module_name(fresh_plugins, tmp_path):
+    (tmp_path / "albefplug_inproc.py").write_text(textwrap.dedent(objective_module("InProcLoss")))
+    sys.path.insert(0, str(tmp_path))
+    for _ in range(2):  # unregistering forgets the module: registering again imports it afresh
+        register_plugin("albefplug_inproc", name="inproc")
+        assert component_origins()["objective"]["InProcLoss"] == "plugin 'inproc' (registered in-process)"
+        unregister_plugin("inproc")
+        assert "InProcLoss" not in OBJECTIVE_REGISTRY and "albefplug_inproc" not in sys.modules
 
 
 def test_builtins_cannot_be_unregistered():

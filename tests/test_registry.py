@@ -1,4 +1,5 @@
-"""Tests of the component registries and the config-node builder (albef.registry)."""
+"""Tests of the component registries (registration where a component is defined, lookups,
+provenance) and the config-node builder (albef.registry)."""
 from __future__ import annotations
 
 import pytest
@@ -7,11 +8,14 @@ from omegaconf import OmegaConf
 
 from albef.registry import (
     ALL_REGISTRIES,
+    BUILTIN_PROVIDER,
     DATASET_REGISTRY,
     MINER_REGISTRY,
     OBJECTIVE_REGISTRY,
     TEACHER_REGISTRY,
     ComponentError,
+    Registry,
+    RegistrationError,
     build_component,
     get_component,
     registered_names,
@@ -36,8 +40,9 @@ BUILTINS = {
 
 
 def _load_builtins() -> None:
-    # Any lookup triggers the lazy import of the built-in modules.
-    get_component(ALL_REGISTRIES["meta_arch"], "ALBEF")
+    # The built-ins register when their family packages are imported; the trainer's module
+    # imports every family it builds from (model, data, evaluators, itself).
+    import albef.engine.defaults  # noqa: F401
 
 
 def test_all_families_listed():
@@ -56,11 +61,13 @@ def test_builtins_registered(family):
 
 
 def test_builtins_registered_in_fresh_process():
-    """Looking a component up must import the built-ins by itself (no prior import of albef.modeling)."""
+    """In a fresh interpreter (as a spawned rank or DataLoader worker starts), importing the
+    family's package registers its built-ins by itself."""
     import subprocess
     import sys
 
     code = (
+        "import albef.modeling.objectives\n"
         "from albef.registry import OBJECTIVE_REGISTRY, get_component, registered_names\n"
         "get_component(OBJECTIVE_REGISTRY, 'ITCLoss')\n"
         "print(','.join(registered_names(OBJECTIVE_REGISTRY)))\n"
@@ -68,6 +75,24 @@ def test_builtins_registered_in_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert {"ITCLoss", "ITMLoss", "MLMLoss"} <= set(out.stdout.strip().split(","))
+
+
+def test_registry_module_is_a_leaf_and_builders_import_their_families():
+    """``albef.registry`` imports nothing of albef; importing a builder registers every family it builds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import albef.registry as r\n"
+        "assert sorted(m for m in sys.modules if m.startswith('albef')) == ['albef', 'albef.registry'], sorted(sys.modules)\n"
+        "assert all(len(reg) == 0 for reg in r.ALL_REGISTRIES.values())\n"
+        "import albef.modeling.build, albef.data.build\n"
+        "empty = [f for f, reg in r.ALL_REGISTRIES.items() if len(reg) == 0]\n"
+        "assert empty == ['evaluator', 'trainer'], empty\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
 
 
 def test_unknown_name_lists_family_and_suggests():
@@ -133,12 +158,12 @@ def widgets():
     names = {"_TestWidget": _Widget, "_TestKwWidget": _KwWidget, "_TestFactoryWidget": _FactoryWidget}
     _load_builtins()
     for n, c in names.items():
-        OBJECTIVE_REGISTRY._do_register(n, c)
+        OBJECTIVE_REGISTRY.register(c, name=n)
     try:
         yield names
     finally:
         for n in names:
-            OBJECTIVE_REGISTRY._obj_map.pop(n, None)
+            OBJECTIVE_REGISTRY.unregister(n)
     assert not set(names) & set(registered_names(OBJECTIVE_REGISTRY))
 
 
@@ -224,6 +249,7 @@ def test_build_unknown_name_via_build_component():
 
 
 def test_builtin_miner_builds():
+    _load_builtins()
     m = build_component(MINER_REGISTRY, {"name": "RandomNegativeMiner"}, where="model.objectives.itm.miner")
     assert type(m).__name__ == "RandomNegativeMiner"
 
@@ -237,14 +263,66 @@ class _PlainModule(torch.nn.Module):
 
 def test_extras_not_forced_on_module_without_own_init():
     _load_builtins()
-    TEACHER_REGISTRY._do_register("_TestPlainTeacher", _PlainModule)
+    TEACHER_REGISTRY.register(_PlainModule, name="_TestPlainTeacher")
     try:
         t = build_component(TEACHER_REGISTRY, {"name": "_TestPlainTeacher"}, where="model.teacher", embed_dim=16)
         assert isinstance(t, _PlainModule)
     finally:
-        TEACHER_REGISTRY._obj_map.pop("_TestPlainTeacher", None)
+        TEACHER_REGISTRY.unregister("_TestPlainTeacher")
 
 
 def test_builtin_miner_ignores_unaccepted_extra():
     m = build_component(MINER_REGISTRY, {"name": "RandomNegativeMiner"}, where="model.objectives.itm.miner", hidden_size=8)
     assert type(m).__name__ == "RandomNegativeMiner"
+
+
+# ---------------------------------------------------------------------- the Registry class
+def test_builtins_are_registered_where_defined_and_attributed_to_albef():
+    _load_builtins()
+    from albef.modeling.objectives.itc import ITCLoss
+
+    assert OBJECTIVE_REGISTRY.get("ITCLoss") is ITCLoss
+    assert OBJECTIVE_REGISTRY.provider("ITCLoss") == BUILTIN_PROVIDER
+    for family, reg in ALL_REGISTRIES.items():
+        for name, obj in reg:
+            if obj.__module__.startswith("albef."):
+                assert reg.provider(name) == BUILTIN_PROVIDER, (family, name)
+
+
+def test_a_new_registry_lists_itself_and_registers_by_decorator():
+    reg = Registry("_TEST_FAMILY", "things for this test")
+    try:
+        assert ALL_REGISTRIES["_test_family"] is reg and reg.doc == "things for this test"
+
+        @reg.register()
+        class Thing:
+            pass
+
+        @reg.register(name="Renamed")
+        def make_thing():
+            return Thing()
+
+        assert reg.get("Thing") is Thing and reg.get("Renamed") is make_thing and "make_thing" not in reg
+        assert reg.register(Thing) is Thing  # the same object again: a no-op, not a clash
+        assert reg.provider("Thing") == f"module '{__name__}' (registered directly)"
+        assert sorted(n for n, _ in reg) == ["Renamed", "Thing"] and len(reg) == 2
+        with pytest.raises(RegistrationError, match="already exists"):
+            Registry("_TEST_FAMILY")
+    finally:
+        del ALL_REGISTRIES["_test_family"]
+
+
+def test_a_name_registered_twice_is_an_error_naming_both_providers():
+    reg = Registry("_TEST_CLASH")
+    try:
+        reg.register(_Widget, name="W")
+        with pytest.raises(RegistrationError) as ei:
+            reg.register(_KwWidget, name="W")
+        msg = str(ei.value)
+        assert "_test_clash component 'W' is registered twice" in msg and msg.count(f"module '{__name__}'") == 2
+        assert reg.get("W") is _Widget  # the first one stays
+        assert reg.unregister("W") is _Widget and "W" not in reg
+        with pytest.raises(KeyError, match="No object named 'W'"):
+            reg.unregister("W")
+    finally:
+        del ALL_REGISTRIES["_test_clash"]

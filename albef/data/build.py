@@ -8,7 +8,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+# The families the data is built from: importing them registers the built-ins, and
+# albef.plugins discovers the installed plugins on the first lookup.
+from albef import plugins  # noqa: F401
 from albef.config import runtime
+from albef.data import collate, compositional_negatives, datasets, loaders  # noqa: F401
+from albef.data.datasets import webdataset_pretrain  # noqa: F401  (not in the package's __init__: see there)
 from albef.data.datasets.base import DataError
 from albef.data.samplers import InfiniteSampler
 from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, LOADER_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component

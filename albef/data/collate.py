@@ -7,8 +7,10 @@ from typing import Any
 import torch
 
 from albef.data.tokenization import check_tokenization_mode, tokenize
+from albef.registry import COLLATOR_REGISTRY
 
 
+@COLLATOR_REGISTRY.register()
 class ImageTextCollator:
     """Samples (dicts) -> a batch dict, for every task's datasets.
 
@@ -90,6 +92,7 @@ def PretrainCollator(tokenizer, max_tokens: int, with_image_ids: bool = True, to
     return ImageTextCollator(tokenizer, max_tokens, tokenization=tokenization, text_field="caption", with_image_ids=with_image_ids)
 
 
+@COLLATOR_REGISTRY.register()
 class VQACollator(ImageTextCollator):
     """:class:`ImageTextCollator` plus the answers of VQA samples, flattened over the batch.
 

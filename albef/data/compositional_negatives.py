@@ -19,6 +19,7 @@ import random
 from typing import Any, Mapping, Sequence
 
 from albef.data.caption_edits import CaptionEdits, EditRulesError, load_edit_rules
+from albef.registry import TEXT_NEGATIVES_REGISTRY
 
 __all__ = ["CompositionalNegatives", "NO_RULE", "SKIPPED", "IS_POSITIVE", "KIND_STATS"]
 
@@ -32,6 +33,7 @@ IS_POSITIVE = -3  # every applicable edit gives a caption of the same image in t
 KIND_STATS = {NO_RULE: "no_rule", SKIPPED: "skipped", IS_POSITIVE: "is_positive"}
 
 
+@TEXT_NEGATIVES_REGISTRY.register()
 class CompositionalNegatives:
     """``negatives(captions, image_ids) -> (edited [B] str, kind [B] int)``.
 

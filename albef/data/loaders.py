@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from albef.registry import LOADER_REGISTRY
+
 logger = logging.getLogger("albef.data")
 
 
@@ -53,6 +55,7 @@ def epoch_size(dataset) -> int | None:
         return None
 
 
+@LOADER_REGISTRY.register()
 class MapStyleLoader(DataLoader):
     """Batches of ``batch_size`` indices drawn by ``sampler`` from ``dataset``, collated by
     ``collate_fn``, incomplete batches dropped. Its position is the sampler's (built at the
@@ -111,6 +114,7 @@ class _StreamCollate:
         return batch
 
 
+@LOADER_REGISTRY.register()
 class StreamingLoader:
     """Batches from an ``IterableDataset`` that splits its stream across ranks and workers
     itself (``dataset.set_stream(rank, world_size, num_workers, positions, reseed)``) and

@@ -19,6 +19,9 @@ from fvcore.common.param_scheduler import CompositeParamScheduler, CosineParamSc
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+# The evaluators are built here (their package registers the built-ins on import), and
+# albef.plugins discovers the installed plugins on the first lookup.
+from albef import evaluation, plugins  # noqa: F401
 from albef.checkpoint import ALBEFCheckpointer, set_rng_state
 from albef.config import config_to_dict, dump_config, load_config, runtime
 from albef.data import build as data_build
@@ -136,6 +139,7 @@ def _default_objectives(cfg: DictConfig) -> bool:
     return names == {"itc": "ITCLoss", "itm": "ITMLoss", "mlm": "MLMLoss"}
 
 
+@TRAINER_REGISTRY.register()
 class DefaultTrainer:
     """Builds everything a run needs from ``cfg`` and runs it: pretraining or any task.
 

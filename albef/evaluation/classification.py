@@ -8,11 +8,13 @@ import torch
 from torch.utils.data import Subset
 
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
+from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
 logger = logging.getLogger("albef.evaluation")
 
 
+@EVALUATOR_REGISTRY.register()
 class ClassificationEvaluator(Evaluator):
     """``<prefix>/acc`` (percent of entries whose arg-max class is the label) and, with
     ``class_names``, ``<prefix>/acc_<name>`` per class.

@@ -26,6 +26,7 @@ from albef.data.caption_edits import CaptionEdits, SwapWords, load_edit_rules
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn
 from albef.evaluation.retrieval import encode_images, encode_texts, pair_itm_logits
+from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
 __all__ = ["probe_items", "preference_shares", "evaluate_composition", "CompositionEvaluator", "world_manifest"]
@@ -201,6 +202,7 @@ def evaluate_composition(model, dataset, image_loader, tokenizer, edits: Caption
     return {"kinds": per_kind, "items": rows}
 
 
+@EVALUATOR_REGISTRY.register()
 class CompositionEvaluator(Evaluator):
     """``eval.<key>: {name: CompositionEvaluator, split: test, rules: shapes_world}``: the
     composition probe on a retrieval split. Metrics ``<prefix>/<kind>_itm`` and

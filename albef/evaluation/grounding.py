@@ -10,11 +10,13 @@ from torch.utils.data import Subset
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
 from albef.metrics.box_iou import box_iou_inclusive
 from albef.modeling.gradcam import box_scores, itc_gradcam, itm_gradcam, upsample_map
+from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
 logger = logging.getLogger("albef.evaluation")
 
 
+@EVALUATOR_REGISTRY.register()
 class GroundingEvaluator(Evaluator):
     """``<prefix>/<split>_acc`` per split of the refs (RefCOCO+: val, testA, testB) and
     ``<prefix>/acc`` over all: the percent of expressions whose best-scoring candidate box

@@ -19,6 +19,7 @@ import torch
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn
 from albef.modeling.fusion.visual import VisualInput
+from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
 logger = logging.getLogger("albef.evaluation")
@@ -212,6 +213,7 @@ def evaluate_retrieval(model, dataset, image_loader, tokenizer, *, k_test: int =
     return results
 
 
+@EVALUATOR_REGISTRY.register()
 class RetrievalEvaluator(Evaluator):
     """Image-text retrieval on a split in the official format (``RetrievalEvalJSON``).
 

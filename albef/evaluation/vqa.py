@@ -14,10 +14,12 @@ from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
 from albef.metrics.vqa_accuracy import normalize_answer, vqa_accuracy  # noqa: F401  (public here too)
 from albef.modeling.heads.answer_decoder import rank_answers
+from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
 logger = logging.getLogger("albef.evaluation")
 
+@EVALUATOR_REGISTRY.register()
 class VQAEvaluator(Evaluator):
     """``<prefix>/acc``: VQA accuracy (percent, the official 10-choose-9 average, see
     :func:`vqa_accuracy`) over the questions that have annotator answers; the answers of

@@ -7,6 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+# The families a model is built from: importing their packages registers the built-ins, and
+# albef.plugins discovers the installed plugins on the first lookup.
+from albef import plugins  # noqa: F401
+from albef.modeling import encoders, fusion, heads, meta_arch, miners, objectives, teachers  # noqa: F401
 from albef.registry import META_ARCH_REGISTRY, build_component
 
 logger = logging.getLogger("albef.modeling")

@@ -1,15 +1,13 @@
-"""Plugins: third-party components through the ``albef`` entry-point group (pluggy).
+"""Plugins: third-party components through the ``albef`` entry-point group.
 
-See :mod:`albef.plugins.manager` for discovery and :mod:`albef.plugins.hookspecs` for
-the hooks. A plugin module::
+An entry point names a module; importing it registers its components with the same
+decorators albef's own components use (see :mod:`albef.plugins.manager`)::
 
-    from albef.plugins import hookimpl
+    from albef.registry import OBJECTIVE_REGISTRY
 
-    @hookimpl
-    def albef_register_objectives(register):
-        register(MyLoss)            # usable as model.objectives.<key>={name: MyLoss}
+    @OBJECTIVE_REGISTRY.register()
+    class MyLoss(Objective): ...      # usable as model.objectives.<key>={name: MyLoss}
 """
-from albef.plugins.hookspecs import FAMILY_HOOKS, hookimpl, hookspec
 from albef.plugins.manager import (
     ENTRY_POINT_GROUP,
     ENV_VAR,
@@ -22,6 +20,20 @@ from albef.plugins.manager import (
 )
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "ENV_VAR", "FAMILY_HOOKS", "PluginError", "component_origins", "format_components",
-    "hookimpl", "hookspec", "load_plugins", "register_plugin", "unregister_plugin",
+    "ENTRY_POINT_GROUP", "ENV_VAR", "PluginError", "component_origins", "format_components", "load_plugins",
+    "register_plugin", "unregister_plugin",
 ]
+
+_REMOVED_HOOK_API = ("hookimpl", "hookspec", "FAMILY_HOOKS")
+
+
+def __getattr__(name: str):
+    # A plugin written for the albef_register_<family> hooks (removed) fails to import with
+    # this message, which the plugin loader reports with the plugin's name.
+    if name in _REMOVED_HOOK_API:
+        raise ImportError(
+            f"albef.plugins.{name} was removed with the albef_register_<family> hooks: a plugin module now registers "
+            f"its components when imported, with the family registry's decorator, e.g. "
+            f"`from albef.registry import OBJECTIVE_REGISTRY` and `@OBJECTIVE_REGISTRY.register()` on the class"
+        )
+    raise AttributeError(f"module 'albef.plugins' has no attribute '{name}'")

@@ -1,14 +1,20 @@
-"""Plugin discovery and registration (pluggy).
-
-:func:`load_plugins` runs once per process (lazily, on the first registry lookup, and
-explicitly in every process ``--num-gpus`` spawns). It registers the built-in
-components, then every plugin of the ``albef`` entry-point group, each through the
-``albef_register_<family>`` hooks (:mod:`albef.plugins.hookspecs`).
+"""Plugin discovery: third-party packages through the ``albef`` entry-point group.
 
 A third-party package declares, e.g. in its ``pyproject.toml``::
 
     [project.entry-points.albef]
-    my_lab = "my_lab_albef.plugin"     # a module with @albef.plugins.hookimpl functions
+    my_lab = "my_lab_albef.plugin"     # a module whose import registers components
+
+and the module registers its components with the family registries' decorators, as
+albef's own components do::
+
+    from albef.registry import OBJECTIVE_REGISTRY
+
+    @OBJECTIVE_REGISTRY.register()
+    class MyLoss(Objective): ...
+
+pluggy loads the entry points and keeps the loaded plugins by name; each is imported inside
+:func:`albef.registry.registering_as`, which attributes its registrations to it.
 
 ``ALBEF_PLUGINS`` limits discovery: unset or ``all`` loads every installed plugin;
 ``none`` (or ``0``, ``off``, empty) loads none (built-ins only); ``a,b`` loads only the
@@ -16,23 +22,26 @@ named entry points (an unknown name is an error listing the installed ones).
 
 Errors are :class:`PluginError`: a plugin that fails to import names the plugin, its
 distribution and the exception; a component name registered twice names both
-providers. A failed load registers nothing (the registries are rolled back).
+providers. A failed load registers nothing: its registrations are removed again and the
+modules it imported forgotten, so the next lookup tries (and fails) the same way.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
+import sys
 import threading
 from typing import Any, Callable
 
 import pluggy
 
-from albef.plugins import hookspecs
-from albef.plugins.hookspecs import FAMILY_HOOKS, PROJECT
+from albef.registry import ALL_REGISTRIES, RegistrationError, before_lookup, registering_as
 
+PROJECT = "albef"
 ENTRY_POINT_GROUP = "albef"
 ENV_VAR = "ALBEF_PLUGINS"
-BUILTIN_NAME = "albef"
+BUILTIN_NAME = "albef"  # reserved: the built-ins, which no plugin may be named as
 
 
 class PluginError(RuntimeError):
@@ -43,8 +52,8 @@ _lock = threading.RLock()
 _pm: pluggy.PluginManager | None = None
 _loaded = False
 _loading = False
-_origins: dict[str, dict[str, str]] = {}  # family -> component name -> provider description
 _dists: dict[str, str] = {}  # plugin (entry point) name -> "dist version"
+_plugin_state: dict[str, tuple[Any, list[str]]] = {}  # plugin name -> (its registrations, modules its load imported)
 
 
 def plugin_selection() -> set[str] | None:
@@ -87,34 +96,68 @@ def _dist_label(dist: Any) -> str:
 
 
 def _provider(plugin_name: str) -> str:
-    if plugin_name == BUILTIN_NAME:
-        return "albef (built-in)"
     return f"plugin '{plugin_name}' ({_dists.get(plugin_name, 'registered in-process')})"
 
 
-def _new_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(hookspecs)
-    return pm
+def _load_one(name: str, load: Callable[[], Any], describe: str, entry_module: str | None) -> Any:
+    """Run ``load()`` (an import, or an in-process plugin's function) with its registrations
+    attributed to plugin ``name``; on failure nothing it registered stays behind.
+
+    ``entry_module``: the module ``load`` imports (None for a function): the plugin's own
+    modules that the load imported are forgotten when it fails or is unloaded."""
+    before = set(sys.modules)
+    rec = None
+    try:
+        with registering_as(_provider(name)) as rec:
+            result = load()
+    except Exception as e:
+        if rec is not None and entry_module is not None:
+            _forget(_own_new_modules(before, rec.modules | {entry_module}))
+        if isinstance(e, RegistrationError):  # a clash: the message names both providers
+            raise PluginError(f"{e} Rename one, or leave a plugin out with {ENV_VAR}=<the plugins to load>.") from e
+        raise PluginError(f"albef plugin '{name}' ({describe}) failed to load: {type(e).__name__}: {e}") from e
+    own = _own_new_modules(before, rec.modules | {entry_module}) if entry_module is not None else []
+    _plugin_state[name] = (rec, own)
+    return result
+
+
+def _own_new_modules(before: set[str], owners: set[str]) -> list[str]:
+    """The modules imported since ``before`` that are the plugin's own: in the top-level
+    package of its entry point or of a module that registered a component (not albef's,
+    nor a library the plugin happened to import first)."""
+    tops = {m.split(".")[0] for m in owners if m} - {"albef"}
+    return sorted(m for m in set(sys.modules) - before if m.split(".")[0] in tops)
+
+
+def _forget(modules: list[str]) -> None:
+    # So a later load imports them afresh and registers again (an import of a module
+    # still in sys.modules would run nothing).
+    for m in modules:
+        sys.modules.pop(m, None)
+
+
+def _unload(name: str) -> None:
+    """Remove plugin ``name``'s components and forget its modules."""
+    rec, modules = _plugin_state.pop(name, (None, []))
+    if rec is not None:
+        rec.rollback()
+    _forget(modules)
 
 
 def load_plugins() -> pluggy.PluginManager:
-    """Register built-ins and installed plugins once; later calls return the same manager.
+    """Load the installed plugins once; later calls return the same manager.
 
-    The built-ins are registered first, so a plugin may look them up while it is imported.
+    The built-ins are not loaded here: they are registered by importing albef's family
+    packages (a plugin that looks one up imports its package first).
     """
     global _pm, _loaded, _loading
     with _lock:
-        if _loaded or _loading:  # _loading: a lookup made while plugins register themselves
+        if _loaded or _loading:  # _loading: a lookup made while a plugin is being imported
             return _pm  # type: ignore[return-value]
         _loading = True
-        added: list[tuple[str, str]] = []
+        pm = pluggy.PluginManager(PROJECT)
+        loaded: list[str] = []
         try:
-            pm = _new_manager()
-            from albef.plugins import builtin
-
-            pm.register(builtin, name=BUILTIN_NAME)
-            register_from(pm, added, only=BUILTIN_NAME)
             _pm = pm
             selected = plugin_selection()
             eps = [] if selected == set() else discover_entry_points(selected)  # none: not even discovered
@@ -127,140 +170,71 @@ def load_plugins() -> pluggy.PluginManager:
                         f"{ENV_VAR}={os.environ.get(ENV_VAR)!r} names plugin(s) {sorted(unknown)} that are not installed; "
                         f"installed albef plugins: {', '.join(installed) or '(none)'}"
                     )
-            loaded = []
             for ep, dist in eps:
                 if ep.name == BUILTIN_NAME:
                     raise PluginError(f"{_dist_label(dist)} declares an albef plugin named '{BUILTIN_NAME}', which is reserved for the built-ins")
                 _dists[ep.name] = _dist_label(dist)
-                try:
-                    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
-                except Exception as e:
-                    raise PluginError(
-                        f"albef plugin '{ep.name}' (entry point '{ep.value}' of {_dist_label(dist)}) failed to load: "
-                        f"{type(e).__name__}: {e}"
-                    ) from e
                 loaded.append(ep.name)
-            try:
-                pm.check_pending()  # a hook implementation whose name matches no albef hook (a typo)
-            except pluggy.PluginValidationError as e:
-                raise PluginError(f"albef plugin '{e.plugin}' implements an unknown hook: {e}") from e
-            for name in loaded:
-                register_from(pm, added, only=name)
+                _load_one(
+                    ep.name,
+                    lambda ep=ep: pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name),
+                    f"entry point '{ep.value}' of {_dist_label(dist)}",
+                    entry_module=ep.module,
+                )
             _loaded = True
             return pm
         except BaseException:
-            _rollback(added)
+            for name in reversed(loaded):  # all or nothing: the next lookup starts afresh
+                _unload(name)
+                _dists.pop(name, None)
             _pm = None
             raise
         finally:
             _loading = False
 
 
-def register_plugin(plugin: Any, name: str) -> None:
-    """Register an in-process plugin object (a module or an object with hook methods) now.
+def register_plugin(plugin: Callable[[], Any] | str, name: str) -> None:
+    """Register an in-process plugin now, for code that is not an installed distribution
+    (a notebook, a test).
 
-    For code that is not an installed distribution, e.g. a notebook or a test. Its
-    components are added to the registries immediately, with the same clash checks.
+    ``plugin`` is a function that registers components when called (with the registries'
+    ``register``), or the dotted name of a module whose import does. Its components are
+    attributed to ``plugin 'name'`` with the same clash checks; if it fails, it registers
+    nothing.
     """
     pm = load_plugins()
     with _lock:
-        if pm.get_plugin(name) is not None:
+        if name == BUILTIN_NAME or pm.get_plugin(name) is not None:
             raise PluginError(f"an albef plugin named '{name}' is already registered")
+        if isinstance(plugin, str):
+            obj = _load_one(name, lambda: importlib.import_module(plugin), f"module '{plugin}'", entry_module=plugin)
+        elif callable(plugin):
+            _load_one(name, plugin, f"in-process {plugin!r}", entry_module=None)
+            obj = plugin
+        else:
+            raise PluginError(f"albef plugin '{name}': register_plugin() takes a function or a module name, got {plugin!r}")
         try:
-            pm.register(plugin, name=name)
-        except (ValueError, pluggy.PluginValidationError) as e:
+            pm.register(obj, name=name)
+        except ValueError as e:  # pluggy: the same object registered under another name
+            _unload(name)
             raise PluginError(f"albef plugin '{name}' cannot be registered: {e}") from e
-        added: list[tuple[str, str]] = []
-        try:
-            try:
-                pm.check_pending()
-            except pluggy.PluginValidationError as e:
-                raise PluginError(f"albef plugin '{name}' implements an unknown hook: {e}") from e
-            register_from(pm, added, only=name)
-        except BaseException:
-            _rollback(added)
-            pm.unregister(name=name)
-            raise
 
 
 def unregister_plugin(name: str) -> None:
-    """Remove an in-process plugin and the components it registered."""
+    """Remove a plugin and the components it registered."""
     with _lock:
         if name == BUILTIN_NAME:
             raise PluginError("the built-in components cannot be unregistered (use ALBEF_PLUGINS to leave plugins out)")
         if _pm is None or _pm.get_plugin(name) is None:
             raise PluginError(f"no albef plugin named '{name}' is registered")
-        provider = _provider(name)
-        _rollback([(fam, comp) for fam, comps in _origins.items() for comp, prov in comps.items() if prov == provider])
+        _unload(name)
         _pm.unregister(name=name)
-
-
-def register_from(pm: pluggy.PluginManager, added: list[tuple[str, str]], only: str | None = None) -> None:
-    """Call every ``albef_register_*`` implementation (built-ins first), one plugin at a time,
-    so each registration is attributed to the plugin that made it."""
-    from albef.registry import ALL_REGISTRIES
-
-    for family, hook_name in FAMILY_HOOKS.items():
-        impls = getattr(pm.hook, hook_name).get_hookimpls()
-        impls = sorted(impls, key=lambda i: i.plugin_name != BUILTIN_NAME)  # stable: built-ins first
-        for impl in impls:
-            if only is not None and impl.plugin_name != only:
-                continue
-            if impl.hookwrapper or getattr(impl, "wrapper", False):
-                # a wrapper would be called here as a plain function and register nothing
-                raise PluginError(f"albef plugin '{impl.plugin_name}': {hook_name} must be a plain @hookimpl, not a hook wrapper")
-            register = _make_register(family, ALL_REGISTRIES[family], impl.plugin_name, added)
-            kwargs = {"register": register} if "register" in impl.argnames else {}
-            try:
-                impl.function(**kwargs)
-            except PluginError:
-                raise
-            except Exception as e:
-                raise PluginError(f"albef plugin '{impl.plugin_name}': hook {hook_name} raised {type(e).__name__}: {e}") from e
-
-
-def _make_register(family: str, registry: Any, plugin_name: str, added: list[tuple[str, str]]) -> Callable[..., Any]:
-    provider = _provider(plugin_name)
-
-    def register(obj: Any, name: str | None = None) -> Any:
-        key = name or getattr(obj, "__name__", None)
-        if not key:
-            raise PluginError(f"{provider}: register() needs a name for {obj!r}")
-        fam = _origins.setdefault(family, {})
-        if key in registry:
-            prev = fam.get(key) or f"module '{registry.get(key).__module__}' (registered directly)"
-            raise PluginError(
-                f"{family} component '{key}' is registered twice: by {prev} and by {provider}. "
-                f"Rename one, or leave a plugin out with {ENV_VAR}=<the plugins to load>."
-            )
-        registry._do_register(key, obj)
-        fam[key] = provider
-        added.append((family, key))
-        return obj
-
-    return register
-
-
-def _rollback(added: list[tuple[str, str]]) -> None:
-    from albef.registry import ALL_REGISTRIES
-
-    for family, key in added:
-        ALL_REGISTRIES[family]._obj_map.pop(key, None)
-        _origins.get(family, {}).pop(key, None)
 
 
 def component_origins() -> dict[str, dict[str, str]]:
     """``{family: {name: provider}}`` for every registered component (after loading plugins)."""
-    from albef.registry import ALL_REGISTRIES
-
     load_plugins()
-    out: dict[str, dict[str, str]] = {}
-    for family, reg in ALL_REGISTRIES.items():
-        fam = _origins.get(family, {})
-        out[family] = {
-            name: fam.get(name) or f"module '{obj.__module__}' (registered directly)" for name, obj in sorted(reg, key=lambda x: x[0])
-        }
-    return out
+    return {family: {name: reg.provider(name) for name, _ in sorted(reg, key=lambda x: x[0])} for family, reg in ALL_REGISTRIES.items()}
 
 
 def format_components() -> str:
@@ -278,10 +252,14 @@ def format_components() -> str:
 
 
 def _reset_for_tests() -> None:
-    """Forget every plugin registration (built-ins included) so the next lookup loads afresh."""
+    """Forget every plugin (their components and modules) so the next lookup loads afresh.
+    The built-ins stay: they belong to albef's imported modules."""
     global _pm, _loaded
     with _lock:
-        _rollback([(fam, comp) for fam, comps in _origins.items() for comp in list(comps)])
-        _origins.clear()
+        for name in reversed(list(_plugin_state)):
+            _unload(name)
         _dists.clear()
         _pm, _loaded = None, False
+
+
+before_lookup(load_plugins)  # discover the installed plugins on the first registry lookup

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
 from albef.data.datasets.base import DataError, read_json, resolve_image_path
 from albef.data.text import pre_caption
+from albef.registry import DATASET_REGISTRY
 from albef.utils.file_io import PathManager
 
 
@@ -84,6 +85,7 @@ def read_dets(dets_file: str) -> dict[int, list[list[float]]]:
     return out
 
 
+@DATASET_REGISTRY.register()
 class GroundingEvalJSON(AnnotatedImageTextDataset):
     """Referring expressions with their ground-truth box and candidate detections.
 

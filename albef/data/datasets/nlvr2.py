@@ -6,8 +6,10 @@ from typing import Any
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
 from albef.data.datasets.base import DataError, resolve_image_path
 from albef.data.text import pre_caption
+from albef.registry import DATASET_REGISTRY
 
 
+@DATASET_REGISTRY.register()
 class NLVR2JSON(AnnotatedImageTextDataset):
     """A sentence about a pair of images, true or false.
 

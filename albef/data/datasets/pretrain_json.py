@@ -16,10 +16,12 @@ from albef.data.datasets.base import (
 )
 from albef.data.text import pre_caption
 from albef.data.transforms import PairedHorizontalFlip, build_transforms
+from albef.registry import DATASET_REGISTRY
 
 logger = logging.getLogger("albef.data")
 
 
+@DATASET_REGISTRY.register()
 class PretrainJSON(Dataset):
     """Image-caption pairs for pretraining.
 

@@ -10,10 +10,12 @@ from torch.utils.data import Dataset
 from albef.data.datasets.base import DataError, captions_of, load_image, read_json_list, resolve_image_path
 from albef.data.text import pre_caption
 from albef.data.transforms import build_transforms
+from albef.registry import DATASET_REGISTRY
 
 logger = logging.getLogger("albef.data")
 
 
+@DATASET_REGISTRY.register()
 class RetrievalEvalJSON(Dataset):
     """One entry per image with all of its captions (COCO / Flickr30K val/test files).
 

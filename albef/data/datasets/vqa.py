@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
 from albef.data.datasets.base import DataError, read_json_list, resolve_image_path
 from albef.data.text import pre_question
+from albef.registry import DATASET_REGISTRY
 
 
 def read_answer_list(path: str) -> list[str]:
@@ -31,6 +32,7 @@ def read_answer_list(path: str) -> list[str]:
     return data
 
 
+@DATASET_REGISTRY.register()
 class VQAJSON(AnnotatedImageTextDataset):
     """Questions about images with their annotators' answers.
 

@@ -19,6 +19,7 @@ from albef.data.datasets.base import DataError, decode_image, sample_rng
 from albef.data.stream_shuffle import buffer_shuffle, replay_shuffle
 from albef.data.text import pre_caption
 from albef.data.transforms import PairedHorizontalFlip, build_transforms
+from albef.registry import DATASET_REGISTRY
 from albef.utils import comm
 from albef.utils.file_io import PathManager
 
@@ -56,6 +57,7 @@ def expand_shards(shards: str | Sequence[str], index: str | None = None) -> tupl
     return urls, counts, str(shards)
 
 
+@DATASET_REGISTRY.register()
 class WebDatasetPretrain(IterableDataset):
     """Image-caption pairs for pretraining, streamed from WebDataset shards; the
     counterpart of :class:`~albef.data.datasets.pretrain_json.PretrainJSON` at web scale.

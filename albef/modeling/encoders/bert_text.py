@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+from albef.registry import TEXT_ENCODER_REGISTRY
+
 
 
 def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -19,6 +21,7 @@ def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tens
     return out
 
 
+@TEXT_ENCODER_REGISTRY.register()
 class BertTextEncoder(nn.Module):
     """BERT embeddings + layers ``[0, num_layers)`` (ALBEF's ``mode='text'``).
 

@@ -7,9 +7,12 @@ import timm
 import torch
 from torch import nn
 
+from albef.registry import VISION_ENCODER_REGISTRY
 
 
 
+
+@VISION_ENCODER_REGISTRY.register()
 class TimmViT(nn.Module):
     """A timm ViT without its classifier.
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from albef.modeling.fusion.visual import CrossKV, VisualInput
+from albef.registry import FUSION_REGISTRY
 
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "explicit")
@@ -160,6 +161,7 @@ class FusionLayer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
+@FUSION_REGISTRY.register()
 class CrossAttentionFusion(nn.Module):
     """``forward(text_embeds [B, L, H], text_mask [B, L], visual) -> [B, L, H]``.
 

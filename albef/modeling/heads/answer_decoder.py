@@ -32,11 +32,13 @@ from torch import nn
 from albef.modeling.fusion.cross_attention import CrossAttentionFusion
 from albef.modeling.fusion.visual import VisualInput
 from albef.modeling.heads.mlm_head import MLMHead
+from albef.registry import HEAD_REGISTRY
 
 #: official initialisation: decoder part -> where it comes from in a pretraining checkpoint
 OFFICIAL_INIT = {"embeddings": "text_encoder.bert.embeddings", "encoder": "fusion", "lm": "heads.mlm"}
 
 
+@HEAD_REGISTRY.register()
 class AnswerDecoder(nn.Module):
     """``forward(ids [A, La], mask [A, La], states [A, Lq, H], states_mask [A, Lq]) -> logits [A, La, V]``.
 

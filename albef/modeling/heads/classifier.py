@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from albef.registry import HEAD_REGISTRY
+
 
 def _bert_init(m: nn.Module, std: float) -> None:
     if isinstance(m, nn.Linear):
@@ -10,6 +12,7 @@ def _bert_init(m: nn.Module, std: float) -> None:
         nn.init.zeros_(m.bias)
 
 
+@HEAD_REGISTRY.register()
 class MLPClassifierHead(nn.Sequential):
     """``forward(cls [N, H]) -> logits [N, num_classes]``: Linear(H, H) -> ReLU -> Linear(H, C).
 
@@ -33,6 +36,7 @@ class MLPClassifierHead(nn.Sequential):
         self.apply(lambda m: _bert_init(m, initializer_range))
 
 
+@HEAD_REGISTRY.register()
 class LinearClassifierHead(nn.Linear):
     """``forward(cls [N, H]) -> logits [N, num_classes]``: one linear layer.
 

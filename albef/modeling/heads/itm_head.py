@@ -2,7 +2,10 @@
 import torch
 from torch import nn
 
+from albef.registry import HEAD_REGISTRY
 
+
+@HEAD_REGISTRY.register()
 class ITMHead(nn.Module):
     """``forward(cls [N, H]) -> logits [N, 2]`` (index 1 = "matched").
 

@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from albef.registry import HEAD_REGISTRY
+
 
 class _Transform(nn.Module):
     def __init__(self, hidden: int, eps: float):
@@ -14,6 +16,7 @@ class _Transform(nn.Module):
         return self.LayerNorm(F.gelu(self.dense(x)))
 
 
+@HEAD_REGISTRY.register()
 class MLMHead(nn.Module):
     """``forward(hidden [B, L, H]) -> logits [B, L, V]``.
 

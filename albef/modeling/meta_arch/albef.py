@@ -29,7 +29,7 @@ from torch import nn
 from albef.modeling.context import EncodeFns, StepContext
 from albef.modeling.meta_arch.base import ALBEFModel, build_base_components
 from albef.modeling.objectives.base import Objective
-from albef.registry import HEAD_REGISTRY, OBJECTIVE_REGISTRY, TEACHER_REGISTRY, ComponentError, build_component
+from albef.registry import HEAD_REGISTRY, META_ARCH_REGISTRY, OBJECTIVE_REGISTRY, TEACHER_REGISTRY, ComponentError, build_component
 
 logger = logging.getLogger("albef.modeling")
 
@@ -38,6 +38,7 @@ class MissingHeadError(ComponentError):
     """A head was asked for by key and the model has none under that key."""
 
 
+@META_ARCH_REGISTRY.register()
 class ALBEF(ALBEFModel):
     """Components are injected; :meth:`from_config` builds them from the ``model`` config node.
 

@@ -1,8 +1,10 @@
 import torch
 
 from albef.modeling.miners.base import NegativeMiner, sample_rows
+from albef.registry import MINER_REGISTRY
 
 
+@MINER_REGISTRY.register()
 class ContrastiveHardNegativeMiner(NegativeMiner):
     """ALBEF's miner: sample a negative with probability softmax(similarity) over the valid candidates.
 

@@ -1,8 +1,10 @@
 import torch
 
 from albef.modeling.miners.base import NegativeMiner
+from albef.registry import MINER_REGISTRY
 
 
+@MINER_REGISTRY.register()
 class HardestNegativeMiner(NegativeMiner):
     """Deterministically the most similar valid candidate (arg-max instead of sampling)."""
 

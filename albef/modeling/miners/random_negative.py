@@ -1,8 +1,10 @@
 import torch
 
 from albef.modeling.miners.base import NegativeMiner, sample_rows
+from albef.registry import MINER_REGISTRY
 
 
+@MINER_REGISTRY.register()
 class RandomNegativeMiner(NegativeMiner):
     """Uniformly random negatives among the valid candidates (the paper's "w/o hard negatives" ablation)."""
 

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from albef.modeling.context import StepContext
 from albef.modeling.heads.answer_decoder import token_nll
 from albef.modeling.objectives.base import Objective
+from albef.registry import OBJECTIVE_REGISTRY
 
 
+@OBJECTIVE_REGISTRY.register()
 class AnswerGenerationLoss(Objective):
     """Weighted answer likelihood given the fused question (paper §4.3, official ``model_vqa``).
 

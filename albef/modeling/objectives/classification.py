@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from albef.modeling.context import StepContext
 from albef.modeling.objectives.base import Objective
+from albef.registry import OBJECTIVE_REGISTRY
 
 
+@OBJECTIVE_REGISTRY.register()
 class ClassificationLoss(Objective):
     """Cross-entropy of ``head(fused [CLS])`` against ``batch[label_key]`` (paper §2.11, §2.10).
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from albef.modeling.context import StepContext, distilling
 from albef.modeling.objectives.base import Objective
+from albef.registry import OBJECTIVE_REGISTRY
 
 
 def contrastive_targets(batch_size: int, num_cols: int, image_ids: torch.Tensor | None, idx_all: torch.Tensor | None, device) -> torch.Tensor:
@@ -45,6 +46,7 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
 
 
+@OBJECTIVE_REGISTRY.register()
 class ITCLoss(Objective):
     """ALBEF's ITC (paper eq. 1-2, with MoD eq. 6).
 

@@ -10,9 +10,10 @@ from albef.modeling.context import StepContext
 from albef.modeling.fusion.visual import VisualInput
 from albef.modeling.miners.base import MinedNegatives
 from albef.modeling.objectives.base import Objective
-from albef.registry import MINER_REGISTRY, build_component
+from albef.registry import MINER_REGISTRY, OBJECTIVE_REGISTRY, build_component
 
 
+@OBJECTIVE_REGISTRY.register()
 class ITMLoss(Objective):
     """Binary matched / not-matched classification of fused [CLS] tokens (paper eq. 3).
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from albef.modeling.context import StepContext
 from albef.modeling.objectives.base import Objective
+from albef.registry import OBJECTIVE_REGISTRY
 
 
 def mask_tokens(
@@ -51,6 +52,7 @@ def mask_tokens(
     return out, labels
 
 
+@OBJECTIVE_REGISTRY.register()
 class MLMLoss(Objective):
     """Predict masked words from the text *and* the image (full text encoder + fusion + MLM head).
 

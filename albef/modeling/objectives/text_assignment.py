@@ -8,8 +8,10 @@ from albef.modeling.context import StepContext
 from albef.modeling.fusion.visual import VisualInput
 from albef.modeling.miners.base import candidate_mask, sample_rows
 from albef.modeling.objectives.base import Objective
+from albef.registry import OBJECTIVE_REGISTRY
 
 
+@OBJECTIVE_REGISTRY.register()
 class TextAssignmentLoss(Objective):
     """The official ``model_pretrain_nlvr`` objective, vectorised (paper §2.10 / reference §2.10).
 

@@ -6,8 +6,10 @@ import torch
 from albef.modeling.context import StepContext, TeacherOutput
 from albef.modeling.queue import FeatureQueue
 from albef.modeling.teachers.base import Teacher
+from albef.registry import TEACHER_REGISTRY
 
 
+@TEACHER_REGISTRY.register()
 class MomentumTeacher(Teacher):
     """EMA copies of the encoders, projections, fusion and the heads that ask for one, plus
     feature queues (see :class:`~albef.modeling.teachers.base.Teacher`).

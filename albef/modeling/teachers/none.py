@@ -6,8 +6,10 @@ from torch import nn
 
 from albef.modeling.context import StepContext, TeacherOutput
 from albef.modeling.teachers.base import Teacher
+from albef.registry import TEACHER_REGISTRY
 
 
+@TEACHER_REGISTRY.register()
 class NoTeacher(Teacher):
     """Contrast against the batch's own online features, detached; alpha is 0.
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from albef.modeling.context import StepContext
 from albef.modeling.objectives.base import Objective
 from albef.modeling.objectives.itc import itc_targets
+from albef.registry import OBJECTIVE_REGISTRY
 
 
 def focal_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -24,6 +25,7 @@ def focal_soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, gamma:
     return -(weight * logp * targets).sum(dim=1).mean()
 
 
+@OBJECTIVE_REGISTRY.register()
 class FocalITCLoss(Objective):
     """Config: ``model.objectives.<key>={name: FocalITCLoss, gamma: 2.0, weight: 1.0}``.
 
