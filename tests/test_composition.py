@@ -235,7 +235,7 @@ def test_itm_adds_one_negative_pair_per_caption(tiny_cfg):
     without = itm(ctx3)
     # by hand: the extra pairs' cross-entropy against label 0, averaged with the 3B others
     hidden, _ = model.encode_text(batch["text_neg_input_ids"], batch["text_neg_attention_mask"])
-    fused = model.fuse(hidden, batch["text_neg_attention_mask"], ctx.visual())
+    fused = model.fuse(hidden, batch["text_neg_attention_mask"], ctx.visual)
     ce = F.cross_entropy(model.heads["itm"](fused[:, 0]).float(), torch.zeros(b, dtype=torch.long), reduction="none")
     valid = batch["text_neg_valid"].float()
     expected = (3 * b * without + (ce * valid).sum()) / (3 * b + valid.sum())
@@ -255,18 +255,15 @@ def test_itm_adds_one_negative_pair_per_caption(tiny_cfg):
 
 
 def _itc_ctx(image_feat, text_feat, neg_feat, valid, temp=0.5):
-    from albef.modeling.context import EncodeFns, StepContext, TeacherOutput
+    from albef.modeling.context import StepContext, TextNegatives
+    from albef.modeling.teachers.base import TeacherOutput
 
     b = image_feat.shape[0]
-    teacher = TeacherOutput(image_feat_m=image_feat, text_feat_m=text_feat, image_feat_all=image_feat, text_feat_all=text_feat,
-                            idx_all=None, image_embeds_m=None, alpha=0.0)
-    fns = EncodeFns(encode_image=None, encode_text=lambda ids, mask, teacher=False: (torch.zeros(b, 2, 1), neg_feat),
-                    encode_visual=None, fuse=None, head=None)
-    batch = {"input_ids": torch.zeros(b, 2, dtype=torch.long), "attention_mask": torch.ones(b, 2, dtype=torch.long),
-             "text_neg_input_ids": torch.zeros(b, 2, dtype=torch.long), "text_neg_attention_mask": torch.ones(b, 2, dtype=torch.long),
-             "text_neg_valid": valid}
-    return StepContext(batch, fns, temp=torch.tensor(temp), teacher=teacher, image_embeds=torch.zeros(b, 1, 1), image_feat=image_feat,
-                       text_embeds=torch.zeros(b, 2, 1), text_feat=text_feat)
+    teacher = TeacherOutput(image_feat_m=image_feat, text_feat_m=text_feat, image_feat_all=image_feat, text_feat_all=text_feat)
+    batch = {"input_ids": torch.zeros(b, 2, dtype=torch.long), "attention_mask": torch.ones(b, 2, dtype=torch.long)}
+    negatives = TextNegatives(torch.zeros(b, 2, 1), torch.ones(b, 2, dtype=torch.long), neg_feat, valid)
+    return StepContext(batch, temp=torch.tensor(temp), teacher=teacher, image_embeds=torch.zeros(b, 1, 1), image_feat=image_feat,
+                       text_embeds=torch.zeros(b, 2, 1), text_feat=text_feat, text_negatives=negatives)
 
 
 def test_itc_text_negatives_by_hand():

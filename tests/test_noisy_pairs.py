@@ -29,6 +29,7 @@ from albef.data.synthetic.noise import (
 )
 from albef.modeling.objectives.itc import ITCLoss
 from albef.modeling.objectives.mlm import MLMLoss
+from albef.modeling.teachers.base import Teacher
 from albef.registry import ComponentError
 
 
@@ -164,16 +165,21 @@ def test_itc_alpha_zero_keeps_hard_targets_while_the_teacher_distils():
     b, e, q, temp = 3, 4, 2, 0.5
     img, txt, img_m, txt_m = (_unit_rows(b, e, g) for _ in range(4))
     img_q, txt_q = _unit_rows(q, e, g), _unit_rows(q, e, g)
-    kw = dict(image_feat_m=img_m, text_feat_m=txt_m, image_queue=img_q, text_queue=txt_q, alpha=0.4, temp=temp)
+    kw = dict(image_feat_m=img_m, text_feat_m=txt_m, image_queue=img_q, text_queue=txt_q, temp=temp)
     hard = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, None, None, 0.0, temp)
     soft = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, None, None, 0.4, temp)
     assert abs(hard - soft) > 1e-3
-    assert ITCLoss()(_make_ctx(img, txt, **kw)).item() == pytest.approx(soft, rel=1e-5)
-    assert ITCLoss(alpha=0.0)(_make_ctx(img, txt, **kw)).item() == pytest.approx(hard, rel=1e-5)
+    teacher = Teacher(alpha=0.4)  # the teacher hands each objective its alpha for the step
+    teacher.attach(torch.nn.Module(), [])
+
+    def loss(obj, ramp=1.0):
+        teacher.set_alpha_scale(ramp)
+        return obj(_make_ctx(img, txt, **kw), teacher.objective_alpha(obj.alpha, obj.heads_used())).item()
+
+    assert loss(ITCLoss()) == pytest.approx(soft, rel=1e-5)
+    assert loss(ITCLoss(alpha=0.0)) == pytest.approx(hard, rel=1e-5)
     # an own alpha follows the ramp: 0.6 at ramp 0.5 is 0.3
-    ctx = _make_ctx(img, txt, **kw)
-    ctx.ramp = 0.5
-    assert ITCLoss(alpha=0.6)(ctx).item() == pytest.approx(_hand_itc(img, txt, img_m, txt_m, img_q, txt_q, None, None, 0.3, temp), rel=1e-5)
+    assert loss(ITCLoss(alpha=0.6), ramp=0.5) == pytest.approx(_hand_itc(img, txt, img_m, txt_m, img_q, txt_q, None, None, 0.3, temp), rel=1e-5)
 
 
 def _hand_mlm(model, ids, attn, image, image_m, pos, alpha):
@@ -203,9 +209,13 @@ def test_mlm_own_alpha_equals_the_hand_computed_loss(own, ramp, teacher_alpha, e
     image_m = torch.randn(2, 3, HM) * 0.01
     batch = {"input_ids": ids, "attention_mask": attn, "mlm_positions": pos}
     feats = torch.zeros(2, 3)
-    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, alpha=teacher_alpha * ramp, image_embeds_m=image_m)
-    ctx.ramp = ramp
-    loss = mlm(ctx)
+    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, image_embeds_m=image_m)
+    teacher = Teacher(alpha=teacher_alpha)  # an EMA model with a copy of the MLM head, on the ramp
+    student = torch.nn.Module()
+    student.heads = torch.nn.ModuleDict({"mlm": torch.nn.Linear(1, 1)})
+    teacher.attach(student, ["heads.mlm"])
+    teacher.set_alpha_scale(ramp)
+    loss = mlm(ctx, teacher.objective_alpha(mlm.alpha, mlm.heads_used()))
     assert loss.item() == pytest.approx(_hand_mlm(model, ids, attn, image, image_m, pos, expected_alpha), rel=1e-5, abs=1e-6)
     assert (len(model.teacher.calls) == 1) == (expected_alpha > 0)  # no teacher pass when not distilling
 
@@ -219,12 +229,10 @@ def test_itc_alpha_zero_leaves_mlm_distillation_on_in_the_model(tiny_cfg, tokeni
     itc, mlm = model.objectives["itc"], model.objectives["mlm"]
     assert itc.alpha == 0.0 and mlm.alpha is None
     model.set_distillation_scale(0.5)
-    ctx = model.context({"input_ids": torch.zeros(1, 2, dtype=torch.long)})
-    a_itc, d_itc = itc.distillation(ctx)
-    a_mlm, d_mlm = mlm.distillation(ctx)
-    assert not d_itc and d_mlm
-    assert float(a_mlm) == pytest.approx(0.4 * 0.5) and float(a_itc) == 0.0
-    assert float(ctx.ramp) == 0.5
+    alphas = model.objective_alphas()  # what the model hands each objective this step
+    assert alphas["itc"] is None and alphas["mlm"] is not None
+    assert float(alphas["mlm"]) == pytest.approx(0.4 * 0.5)
+    assert float(model.teacher.ramp_now) == 0.5
 
 
 def test_own_alpha_without_a_momentum_model_is_an_error(tiny_cfg, tokenizer):

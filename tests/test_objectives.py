@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from albef.modeling.context import EncodeFns, StepContext, TeacherOutput
+from albef.modeling.context import StepContext
+from albef.modeling.fusion.visual import VisualInput
+from albef.modeling.teachers.base import Teacher, TeacherOutput
 from albef.modeling.heads.itm_head import ITMHead
 from albef.modeling.heads.mlm_head import MLMHead
 from albef.modeling.miners.base import MinedNegatives
@@ -32,31 +34,31 @@ def _unit_rows(n, e, gen):
     return F.normalize(torch.randn(n, e, generator=gen), dim=1)
 
 
-def _fns_of(model):
-    """The narrow functions a StepContext hands objectives, over fake components in ``model``
-    (``text_encoder``, ``fusion``, ``heads`` and a fake ``teacher``)."""
-    if model is None:
+class _OnTokens:
+    """A fake fusion called as objectives call the model's: with a VisualInput (the fakes take its first token set)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, text, mask, visual):
+        return self.fn(text, mask, visual.tokens[0])
+
+
+def _teacher_modules(model):
+    """The fake teacher's EMA modules, as a TeacherOutput hands them to objectives."""
+    t = getattr(model, "teacher", None)
+    if t is None:
         return None
-
-    def encode_text(ids, mask, teacher=False):
-        if teacher:
-            return model.teacher.encode_text(ids, mask)
-        return model.text_encoder(ids, mask), None
-
-    def fuse(text, mask, visual, teacher=False):
-        image = visual.tokens[0]
-        return model.teacher.fuse(text, mask, image) if teacher else model.fusion(text, mask, image)
-
-    def head(key, teacher=False):
-        return model.teacher.head(key) if teacher else model.heads[key]
-
-    return EncodeFns(encode_image=None, encode_text=encode_text, encode_visual=None, fuse=fuse, head=head)
+    head = t.head("mlm")
+    return SimpleNamespace(text_encoder=lambda ids, mask: t.encode_text(ids, mask)[0], fusion=_OnTokens(t.fuse),
+                           heads={} if head is None else {"mlm": head})
 
 
 def _make_ctx(image_feat, text_feat, *, image_feat_m=None, text_feat_m=None, image_queue=None, text_queue=None,
-              image_id=None, idx_queue=None, alpha=0.0, temp=0.07, model=None, batch=None,
+              image_id=None, idx_queue=None, temp=0.07, model=None, batch=None,
               image_embeds=None, text_embeds=None, image_embeds_m=None):
-    """A StepContext built by hand (no real model)."""
+    """A StepContext built by hand over fake components in ``model`` (``text_encoder``,
+    ``fusion``, ``heads`` and a fake ``teacher``); no real model."""
     b, e = image_feat.shape
     image_feat_m = image_feat.clone() if image_feat_m is None else image_feat_m
     text_feat_m = text_feat.clone() if text_feat_m is None else text_feat_m
@@ -70,20 +72,19 @@ def _make_ctx(image_feat, text_feat, *, image_feat_m=None, text_feat_m=None, ima
     teacher = TeacherOutput(
         image_feat_m=image_feat_m, text_feat_m=text_feat_m,
         image_feat_all=torch.cat([image_feat_m, image_queue]), text_feat_all=torch.cat([text_feat_m, text_queue]),
-        idx_all=idx_all, image_embeds_m=image_embeds_m, alpha=alpha,
+        idx_all=idx_all, visual=None if image_embeds_m is None else VisualInput.of(image_embeds_m),  # the teacher's image tokens
+        modules=_teacher_modules(model),
     )
     batch = dict(batch or {})
     if image_id is not None:
         batch["image_id"] = image_id
-    ctx = StepContext(
-        batch, _fns_of(model),
-        image_embeds=image_embeds if image_embeds is not None else torch.zeros(b, 1, 1),
-        text_embeds=text_embeds if text_embeds is not None else torch.zeros(b, 1, 1),
-        image_feat=image_feat, text_feat=text_feat, temp=torch.tensor(float(temp)), teacher=teacher, alpha=alpha,
+    image_embeds = image_embeds if image_embeds is not None else torch.zeros(b, 1, 1)
+    return StepContext(
+        batch, image_embeds=image_embeds, text_embeds=text_embeds if text_embeds is not None else torch.zeros(b, 1, 1),
+        image_feat=image_feat, text_feat=text_feat, temp=torch.tensor(float(temp)), teacher=teacher,
+        visual=VisualInput.of(image_embeds), text_encoder=getattr(model, "text_encoder", None),
+        fusion=_OnTokens(model.fusion) if model is not None else None, heads=model.heads if model is not None else {},
     )
-    if image_embeds_m is not None:  # the teacher's image tokens (its ViT pass)
-        ctx._cache[("image", True)] = (image_embeds_m, image_feat_m)
-    return ctx
 
 
 def _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, ids, ids_q, alpha, temp):
@@ -129,8 +130,7 @@ def test_itc_no_ids_one_hot_diagonal_with_queue():
     img, txt = _unit_rows(b, e, g), _unit_rows(b, e, g)
     img_m, txt_m = _unit_rows(b, e, g), _unit_rows(b, e, g)
     img_q, txt_q = _unit_rows(q, e, g), _unit_rows(q, e, g)
-    ctx = _make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, image_queue=img_q, text_queue=txt_q,
-                    alpha=0.0, temp=temp)
+    ctx = _make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, image_queue=img_q, text_queue=txt_q, temp=temp)
     loss = ITCLoss()(ctx)
     expected = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, None, None, 0.0, temp)
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
@@ -146,7 +146,7 @@ def test_itc_image_ids_duplicates_in_batch_and_queue_uniform_over_positives():
     ids = torch.tensor([7, 7, 9])                 # samples 0 and 1 show the same image
     ids_q = torch.tensor([9, -100, 7, 5])         # and the queue holds more captions of 7 and 9
     ctx = _make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, image_queue=img_q, text_queue=txt_q,
-                    image_id=ids, idx_queue=ids_q, alpha=0.0, temp=temp)
+                    image_id=ids, idx_queue=ids_q, temp=temp)
     loss = ITCLoss()(ctx)
     expected = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, ids, ids_q, 0.0, temp)
     diagonal_only = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, None, None, 0.0, temp)
@@ -164,8 +164,8 @@ def test_itc_alpha_mixes_teacher_softmax(with_ids):
     ids = torch.tensor([1, 2, 1]) if with_ids else None
     ids_q = torch.tensor([2, 3, -100]) if with_ids else None
     ctx = _make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, image_queue=img_q, text_queue=txt_q,
-                    image_id=ids, idx_queue=ids_q, alpha=alpha, temp=temp)
-    loss = ITCLoss()(ctx)
+                    image_id=ids, idx_queue=ids_q, temp=temp)
+    loss = ITCLoss()(ctx, alpha)
     expected = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, ids, ids_q, alpha, temp)
     no_distill = _hand_itc(img, txt, img_m, txt_m, img_q, txt_q, ids, ids_q, 0.0, temp)
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
@@ -179,9 +179,9 @@ def test_itc_alpha_zero_ignores_teacher_features_for_targets():
     b, e = 2, 2
     img, txt = _unit_rows(b, e, g), _unit_rows(b, e, g)
     txt_m, img_m = _unit_rows(b, e, g), _unit_rows(b, e, g)
-    l1 = ITCLoss()(_make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, alpha=0.0, temp=0.1))
+    l1 = ITCLoss()(_make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, temp=0.1))
     # image_feat_all / text_feat_all unchanged, only the *_m used as soft-target queries differ
-    ctx2 = _make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, alpha=0.0, temp=0.1)
+    ctx2 = _make_ctx(img, txt, image_feat_m=img_m, text_feat_m=txt_m, temp=0.1)
     ctx2.teacher.image_feat_m = _unit_rows(b, e, g)
     ctx2.teacher.text_feat_m = _unit_rows(b, e, g)
     l2 = ITCLoss()(ctx2)
@@ -194,9 +194,11 @@ def test_itc_gradient_reaches_online_features_and_temp():
     g = torch.Generator().manual_seed(4)
     img = _unit_rows(3, 4, g).requires_grad_(True)
     txt = _unit_rows(3, 4, g).requires_grad_(True)
-    ctx = _make_ctx(img, txt, image_feat_m=img.detach().clone(), text_feat_m=txt.detach().clone(), alpha=0.4)
+    ctx = _make_ctx(img, txt, image_feat_m=img.detach().clone(), text_feat_m=txt.detach().clone())
     ctx.temp = torch.tensor(0.07, requires_grad=True)
-    ITCLoss()(ctx).backward()
+    ctx.sim_i2t = ctx.sim_t2i = None
+    ctx.__post_init__()  # the similarities again, now through the learnable temperature
+    ITCLoss()(ctx, 0.4).backward()
     assert img.grad is not None and img.grad.abs().sum() > 0
     assert txt.grad is not None and txt.grad.abs().sum() > 0
     assert ctx.temp.grad is not None and torch.isfinite(ctx.temp.grad)
@@ -498,7 +500,7 @@ def test_mlm_loss_equals_hand_cross_entropy():
     obj, model, ids, attn, image, pos = _mlm_setup()
     batch = {"input_ids": ids, "attention_mask": attn, "mlm_positions": pos}
     feats = torch.zeros(2, 3)
-    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, alpha=0.0)
+    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image)
     loss = obj(ctx)
 
     masked = model.text_encoder.calls[0]
@@ -517,9 +519,9 @@ def test_mlm_loss_with_distillation_mixes_soft_targets():
     image_m = torch.randn(2, 3, HM) * 0.01
     batch = {"input_ids": ids, "attention_mask": attn, "mlm_positions": pos}
     feats = torch.zeros(2, 3)
-    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, alpha=alpha,
+    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image,
                     image_embeds_m=image_m)
-    loss = obj(ctx)
+    loss = obj(ctx, alpha)
 
     masked = ids.masked_fill(pos, 4)
     (t_ids, t_mask, t_img), = model.teacher.calls
@@ -544,9 +546,18 @@ def test_mlm_loss_no_distillation_without_teacher_head():
     obj, model, ids, attn, image, pos = _mlm_setup(seed=2, teacher_has=False)
     batch = {"input_ids": ids, "attention_mask": attn, "mlm_positions": pos}
     feats = torch.zeros(2, 3)
-    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, alpha=0.4,
-                    image_embeds_m=image)
-    loss = obj(ctx)
+    ctx = _make_ctx(feats, feats.clone(), model=model, batch=batch, image_embeds=image, image_embeds_m=image)
+    # the teacher decides: an EMA model without a copy of the MLM head gives MLM no alpha (no distillation) ...
+    teacher = Teacher(alpha=0.4)
+    teacher.attach(nn.Module(), [])
+    alpha = teacher.objective_alpha(obj.alpha, obj.heads_used())
+    assert alpha is None
+    # ... and one with a copy does
+    student = nn.Module()
+    student.heads = nn.ModuleDict({"mlm": nn.Linear(1, 1)})
+    teacher.attach(student, ["heads.mlm"])
+    assert float(teacher.objective_alpha(obj.alpha, obj.heads_used())) == pytest.approx(0.4)
+    loss = obj(ctx, alpha)
     logits = _hand_mlm_logits(model.heads["mlm"], model.text_encoder.table, ids.masked_fill(pos, 4), attn, image)
     terms = [_lse(logits[bi][li]) - logits[bi][li][ids[bi, li].item()]
              for bi in range(2) for li in range(LM) if pos[bi, li]]
@@ -562,8 +573,8 @@ def test_mlm_loss_nothing_to_mask_is_zero_with_grad_path(alpha):
     attn = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
     feats = torch.zeros(2, 3)
     ctx = _make_ctx(feats, feats.clone(), model=model, batch={"input_ids": ids, "attention_mask": attn},
-                    image_embeds=image, alpha=alpha, image_embeds_m=image)
-    loss = obj(ctx)
+                    image_embeds=image, image_embeds_m=image)
+    loss = obj(ctx, alpha or None)
     assert torch.isfinite(loss)
     assert loss.item() == 0.0
     assert loss.requires_grad

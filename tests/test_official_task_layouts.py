@@ -463,15 +463,16 @@ def test_snli_ve_head_matches_the_official_computation(synthetic_root, tokenizer
     model, _ = _loaded("ve", synthetic_root, tokenizer, official)
     ids, mask, g = _text_batch(len(tokenizer))
     image = torch.randn(4, 3, 32, 32, generator=g)
-    ctx = model.context({"image": image, "input_ids": ids, "attention_mask": mask})
+    ctx = model.context({"image": image, "input_ids": ids, "attention_mask": mask}, {"fused", "teacher_fused"})
+    fused = lambda teacher: ctx.teacher.fused if teacher else ctx.fused  # noqa: E731
     errors = {}
     for p, head_p, teacher in (("", "cls_head", False), ("_m", "cls_head_m", True)):
         img = official_vit(official, f"visual_encoder{p}.", image)
         hidden = official_bert(official, f"text_encoder{p}.", ids, mask, [img], TINY["n_text"], TINY["heads"])
         ref = _lin(F.relu(_lin(hidden[:, 0], official, f"{head_p}.0")), official, f"{head_p}.2")
-        ours = model.head("cls", teacher=teacher)(ctx.fused(teacher=teacher)[:, 0])
+        ours = model.head("cls", teacher=teacher)(fused(teacher)[:, 0])
         assert ours.shape == ref.shape == (4, 3)
-        errors[f"fused{p}"] = rel_err(ctx.fused(teacher=teacher), hidden)
+        errors[f"fused{p}"] = rel_err(fused(teacher), hidden)
         errors[f"logits{p}"] = rel_err(ours, ref)
     assert all(e < TOL for e in errors.values()), errors
 
@@ -485,8 +486,9 @@ def test_two_image_heads_match_the_official_computation(task, synthetic_root, to
     model, _ = _loaded(task, synthetic_root, tokenizer, official)
     ids, mask, g = _text_batch(len(tokenizer))
     images = torch.randn(4, 2, 3, 32, 32, generator=g)  # [B, 2 images, ...]
-    ctx = model.context({"image": images, "input_ids": ids, "attention_mask": mask})
     variants = [("", False)] + ([("_m", True)] if task == "nlvr" else [])
+    ctx = model.context({"image": images, "input_ids": ids, "attention_mask": mask}, {"fused", "teacher_fused"} if task == "nlvr" else {"fused"})
+    fused = lambda teacher: ctx.teacher.fused if teacher else ctx.fused  # noqa: E731
     errors = {}
     for p, teacher in variants:
         embeds = official_vit(official, f"visual_encoder{p}.", torch.cat([images[:, 0], images[:, 1]]))
@@ -494,16 +496,16 @@ def test_two_image_heads_match_the_official_computation(task, synthetic_root, to
         hidden = official_bert(official, f"text_encoder{p}.", ids, mask, [image0, image1], TINY["n_text"], TINY["heads"])
         if task == "nlvr":
             ref = _lin(F.relu(_lin(hidden[:, 0], official, f"cls_head{p}.0")), official, f"cls_head{p}.2")
-            ours = model.head("cls", teacher=teacher)(ctx.fused(teacher=teacher)[:, 0])
+            ours = model.head("cls", teacher=teacher)(fused(teacher)[:, 0])
         else:
             ref = _lin(hidden[:, 0], official, "ta_head")
-            ours = model.head("ta")(ctx.fused()[:, 0])
+            ours = model.head("ta")(fused(False)[:, 0])
         assert ours.shape == ref.shape == (4, 2 if task == "nlvr" else 3)
-        errors[f"fused{p}"] = rel_err(ctx.fused(teacher=teacher), hidden)
+        errors[f"fused{p}"] = rel_err(fused(teacher), hidden)
         errors[f"logits{p}"] = rel_err(ours, ref)
     # the routing matters: the images swapped give other logits
-    swapped = model.context({"image": images.flip(1), "input_ids": ids, "attention_mask": mask}).fused()
-    assert rel_err(swapped, ctx.fused()) > 1e-3
+    swapped = model.context({"image": images.flip(1), "input_ids": ids, "attention_mask": mask}, {"fused"}).fused
+    assert rel_err(swapped, ctx.fused) > 1e-3
     assert all(e < TOL for e in errors.values()), errors
 
 

@@ -17,7 +17,8 @@ from conftest import REPO, TINY, run_cli
 sys.path.insert(0, os.path.join(REPO, "projects", "plugin_example"))  # importable without installing
 from albef_focal_itc import FocalITCLoss, focal_soft_cross_entropy  # noqa: E402
 
-from albef.modeling.context import StepContext, TeacherOutput  # noqa: E402
+from albef.modeling.context import StepContext  # noqa: E402
+from albef.modeling.teachers.base import TeacherOutput  # noqa: E402
 from albef.modeling.objectives.itc import ITCLoss  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def test_focal_soft_cross_entropy_by_hand():
     assert focal_soft_cross_entropy(logits, targets, gamma=0.0).item() == pytest.approx(expected0, rel=1e-6)
 
 
-def _ctx(alpha: float, image_ids=None) -> StepContext:
+def _ctx(image_ids=None) -> StepContext:
     g = torch.Generator().manual_seed(0)
     b, q, e = 4, 6, 8
     n = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
@@ -39,21 +40,20 @@ def _ctx(alpha: float, image_ids=None) -> StepContext:
     img_m, txt_m = n(b, e), n(b, e)
     teacher = TeacherOutput(
         image_feat_m=img_m, text_feat_m=txt_m, image_feat_all=torch.cat([img_m, n(q, e)]), text_feat_all=torch.cat([txt_m, n(q, e)]),
-        idx_all=None, image_embeds_m=None, alpha=alpha,
     )
     return StepContext({}, image_embeds=None, image_feat=img, text_feat=txt, temp=torch.tensor(0.1), teacher=teacher)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_gamma_zero_is_exactly_itc(alpha):
-    ctx = _ctx(alpha)
-    assert torch.allclose(FocalITCLoss(gamma=0.0)(ctx), ITCLoss()(ctx), rtol=1e-6)
+    ctx, a = _ctx(), alpha or None  # the step's alpha for the objective (None: no distillation)
+    assert torch.allclose(FocalITCLoss(gamma=0.0)(ctx, a), ITCLoss()(ctx, a), rtol=1e-6)
 
 
 def test_focal_is_smaller_than_itc_and_trains_both_sides():
-    ctx = _ctx(0.4)
-    focal = FocalITCLoss(gamma=2.0)(ctx)
-    assert 0 < focal.item() < ITCLoss()(ctx).item()  # every term is down-weighted by (1 - p)^2 <= 1
+    ctx = _ctx()
+    focal = FocalITCLoss(gamma=2.0)(ctx, 0.4)
+    assert 0 < focal.item() < ITCLoss()(ctx, 0.4).item()  # every term is down-weighted by (1 - p)^2 <= 1
     focal.backward()
     assert ctx.image_feat.grad.abs().sum() > 0 and ctx.text_feat.grad.abs().sum() > 0
 

@@ -193,9 +193,9 @@ def _count_itm_calls(model):
     calls = []
     orig = model.fuse
 
-    def wrapped(text_embeds, text_mask, visual, teacher=False):
+    def wrapped(text_embeds, text_mask, visual):
         calls.append(text_embeds.shape[0])
-        return orig(text_embeds, text_mask, visual, teacher=teacher)
+        return orig(text_embeds, text_mask, visual)
 
     model.fuse = wrapped
     return calls

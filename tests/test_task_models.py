@@ -5,6 +5,7 @@ pretraining checkpoint to every task model."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 import os
 
 import pytest
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO
-from albef.modeling.context import EncodeFns, StepContext
+from albef.modeling.context import StepContext
+from albef.modeling.teachers.base import Teacher, TeacherOutput
 from albef.modeling.fusion.cross_attention import CrossAttentionFusion
 from albef.modeling.fusion.visual import VisualInput
 from albef.modeling.heads.classifier import LinearClassifierHead, MLPClassifierHead
@@ -61,18 +63,9 @@ def test_heads_are_built_only_when_an_objective_uses_them(tiny_cfg, tokenizer):
 def _cls_ctx(logits, logits_m, labels, alpha):
     """A StepContext whose fused [CLS] *is* the logits (identity head), the teacher's likewise."""
     b = logits.shape[0]
-    fns = EncodeFns(
-        encode_image=None,
-        encode_text=lambda ids, mask, teacher=False: (None, None),
-        encode_visual=None,
-        fuse=lambda text, mask, visual, teacher=False: (logits_m if teacher else logits)[:, None, :],
-        head=lambda key, teacher=False: (nn.Identity() if key == "cls" else None),
-    )
     batch = {"label": labels, "attention_mask": torch.ones(b, 1, dtype=torch.long), "image": torch.zeros(b, 3, 2, 2)}
-    ctx = StepContext(batch, fns, alpha=alpha, image_embeds=torch.zeros(b, 1, 1))
-    ctx._cache[("text", False)] = ctx._cache[("text", True)] = (torch.zeros(b, 1, 1), None)
-    ctx._cache[("image", True)] = (torch.zeros(b, 1, 1), None)
-    return ctx
+    teacher = TeacherOutput(fused=logits_m[:, None, :], modules=SimpleNamespace(heads={"cls": nn.Identity()}))
+    return StepContext(batch, fused=logits[:, None, :], heads={"cls": nn.Identity()}, teacher=teacher)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
@@ -80,7 +73,7 @@ def test_classification_loss_is_ce_mixed_with_the_teacher_prediction(alpha):
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]], requires_grad=True)
     logits_m = torch.tensor([[1.0, 0.0, 0.0], [0.0, 3.0, -1.0]])
     labels = torch.tensor([0, 2])
-    loss = ClassificationLoss(head="cls")(_cls_ctx(logits, logits_m, labels, alpha))
+    loss = ClassificationLoss(head="cls")(_cls_ctx(logits, logits_m, labels, alpha), alpha or None)
     want = 0.0
     for r in range(2):
         z, zm = logits[r].tolist(), logits_m[r].tolist()
@@ -97,8 +90,13 @@ def test_classification_loss_is_ce_mixed_with_the_teacher_prediction(alpha):
 def test_classification_loss_without_teacher_head_is_plain_ce():
     logits = torch.tensor([[2.0, -1.0], [0.1, 0.2]])
     ctx = _cls_ctx(logits, logits * 0, torch.tensor([1, 0]), alpha=0.4)
-    ctx.fns = EncodeFns(None, ctx.fns.encode_text, None, ctx.fns.fuse, lambda key, teacher=False: None if teacher else nn.Identity())
-    assert ClassificationLoss()(ctx).item() == pytest.approx(F.cross_entropy(logits, torch.tensor([1, 0])).item())
+    ctx.teacher.modules = SimpleNamespace(heads={})  # the teacher keeps no copy of the head: the model hands no alpha
+    teacher = Teacher(alpha=0.4)
+    teacher.attach(nn.Module(), [])
+    obj = ClassificationLoss()
+    alpha = teacher.objective_alpha(obj.alpha, obj.heads_used())
+    assert alpha is None
+    assert obj(ctx, alpha).item() == pytest.approx(F.cross_entropy(logits, torch.tensor([1, 0])).item())
 
 
 # --------------------------------------------------------------------------- text assignment
@@ -221,9 +219,9 @@ def test_teacher_runs_the_students_functions_on_the_ema_weights(synthetic_root, 
     caps = ["we see a red circle in the left picture", "we see a blue square in neither picture"]
     enc = tokenizer(caps, padding="longest", return_tensors="pt", return_token_type_ids=False)
     batch = {"image": torch.randn(2, 2, 3, 32, 32), **enc}
-    ctx = model.context(batch)
-    student = model.head("cls")(ctx.fused()[:, 0])
-    teacher = model.head("cls", teacher=True)(ctx.fused(teacher=True)[:, 0])
+    ctx = model.context(batch, {"fused", "teacher_fused"})
+    student = model.head("cls")(ctx.fused[:, 0])
+    teacher = model.head("cls", teacher=True)(ctx.teacher.fused[:, 0])
     assert model.vision_encoder is not model.teacher.module("vision_encoder")  # swapped back after the call
     # the same computation written out with the teacher's modules
     t = model.teacher.model

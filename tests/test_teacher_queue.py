@@ -288,10 +288,8 @@ def test_no_teacher_model(tiny_cfg, tokenizer):
 
     batch = _batch(tokenizer)
     img_f, txt_f = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
-    from albef.modeling.context import StepContext
-
-    out_t = model.teacher.contrastive(StepContext(batch, image_feat=img_f, text_feat=txt_f, image_embeds=torch.zeros(4, 1, 1)))
-    assert out_t.alpha == 0.0 and out_t.image_embeds_m is None
+    out_t = model.teacher.encode(batch, image_feat=img_f, text_feat=txt_f)
+    assert all(a is None for a in model.objective_alphas().values()) and out_t.visual is None and out_t.modules is None
     for t in (out_t.image_feat_m, out_t.text_feat_m, out_t.image_feat_all, out_t.text_feat_all):
         assert not t.requires_grad  # targets are detached online features
     assert torch.equal(out_t.image_feat_all, img_f.detach()) and torch.equal(out_t.text_feat_all, txt_f.detach())

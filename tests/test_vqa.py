@@ -1,6 +1,8 @@
 """VQA: the answer decoder, answer ranking, the answer loss, VQA accuracy, data and checkpoints."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import math
 import os
@@ -19,6 +21,7 @@ from albef.data.datasets.vqa import VQAJSON
 from albef.evaluation.vqa import normalize_answer, vqa_accuracy
 from albef.modeling import build_model
 from albef.modeling.context import StepContext
+from albef.modeling.teachers.base import TeacherOutput
 from albef.modeling.heads.answer_decoder import AnswerDecoder, rank_answers, token_nll
 from albef.modeling.objectives.answer_generation import AnswerGenerationLoss
 
@@ -160,19 +163,11 @@ def test_answer_loss_by_hand_with_and_without_distillation():
     batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": qmask, "answer_input_ids": ids,
              "answer_attention_mask": amask, "answer_weight": torch.tensor([1.0, 0.6, 0.4]), "answer_question": torch.tensor([0, 1, 1])}
     heads = {"answer": dec}
-
-    def head(key, teacher=False):
-        return dec_m if teacher else heads[key]
-
-    class Fns:
-        pass
+    teacher = TeacherOutput(fused=fused_m, modules=SimpleNamespace(heads={"answer": dec_m}))
 
     for alpha in (0.0, 0.4):
-        ctx = StepContext(batch, None, alpha=alpha)
-        ctx._cache[("fused", False)], ctx._cache[("fused", True)] = fused, fused_m
-        ctx.fns = Fns()
-        ctx.fns.head = head
-        loss = AnswerGenerationLoss()(ctx)
+        ctx = StepContext(batch, fused=fused, heads=heads, teacher=teacher)
+        loss = AnswerGenerationLoss()(ctx, alpha or None)
         expect = 0.0
         for a, (q, w) in enumerate(zip([0, 1, 1], [1.0, 0.6, 0.4])):
             n = int(amask[a].sum())

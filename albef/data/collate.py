@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from albef.data.compositional_negatives import KIND_STATS
 from albef.data.tokenization import check_tokenization_mode, tokenize
 from albef.registry import COLLATOR_REGISTRY
 
@@ -83,6 +84,8 @@ class ImageTextCollator:
             "text_neg_input_ids": enc["input_ids"][b:], "text_neg_attention_mask": enc["attention_mask"][b:],
             # a generator that hands back the caption itself made no negative, whatever its kind says
             "text_neg_valid": (kind_t >= 0) & torch.tensor([n != t for n, t in zip(negs, texts)], dtype=torch.bool), "text_neg_kind": kind_t,
+            # why captions went without a false text, counted per batch and logged as they are
+            "stats": {f"text_negatives_{name}": (kind_t == code).sum() for code, name in KIND_STATS.items()},
         }
 
 

@@ -59,9 +59,8 @@ class ClassificationEvaluator(Evaluator):
     @torch.no_grad()
     def predict(self, model, batch: dict[str, Any]) -> torch.Tensor:
         """Logits [B, C] of ``batch`` (already on the device)."""
-        ctx = model.context(batch)
         with self.autocast():
-            return model.head(self.head)(ctx.fused()[:, 0]).float()
+            return model.head(self.head)(model.context(batch, {"fused"}).fused[:, 0]).float()
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:

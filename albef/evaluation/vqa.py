@@ -87,10 +87,9 @@ class VQAEvaluator(Evaluator):
     @torch.no_grad()
     def answer(self, model, batch: dict[str, Any], cand: dict[str, torch.Tensor] | None = None) -> list[str]:
         """The predicted answer of every question of ``batch`` (tensors on the device)."""
-        ctx = model.context(batch)
         dec = model.head(self.head)
         with self.autocast():
-            states, mask = ctx.fused(), ctx.attention_mask
+            states, mask = model.context(batch, {"fused"}).fused, batch["attention_mask"]
             if self.inference == "rank":
                 if cand is None:
                     cand = self._candidates()

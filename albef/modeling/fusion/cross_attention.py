@@ -69,10 +69,6 @@ class _QKV(nn.Module):
         self.keep_attention = False
         self.attention_probs: torch.Tensor | None = None
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, H] -> [B, h, S, d]
-        b, s, _ = x.shape
-        return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-
     def _mask(self, context_mask: torch.Tensor | None, l: int, s: int, device) -> torch.Tensor | None:
         """Boolean [B or 1, 1, L or 1, S] mask (True = attend), or None."""
         attn_mask = None
@@ -85,14 +81,15 @@ class _QKV(nn.Module):
 
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context [B, S, C] -> (keys, values), each [B, heads, S, d]."""
-        return self._split(self.key(context)), self._split(self.value(context))
+        shape = (*context.shape[:2], self.num_heads, self.head_dim)
+        return self.key(context).view(shape).transpose(1, 2), self.value(context).view(shape).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
                 kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x [B, L, H]; context [B, S, C]; context_mask [B, S] (1 = attend) -> [B, L, H].
         ``kv``: this context's keys and values, already projected (:meth:`project_kv`)."""
         k, v = kv if kv is not None else self.project_kv(context)
-        q = self._split(self.query(x))
+        q = self.query(x).view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)  # [B, heads, L, d]
         attn_mask = self._mask(context_mask, q.shape[2], k.shape[2], q.device)
         p_drop = self.attn_dropout if self.training else 0.0
         if self.impl == "sdpa" and not self.keep_attention:
@@ -268,15 +265,13 @@ class CrossAttentionFusion(nn.Module):
         kv = visual.kv if visual.kv is not None and self._owns(visual.kv) else None
         x = text_embeds
         for i, layer in enumerate(self.layer):
+            # layer i attends to image i % K, with its keys/values gathered per pair when they were cached
+            args = (x, text_mask, visual.tokens[i % k], visual.masks[i % k], None if kv is None else kv.layer(i))
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(self._layer, i, x, text_mask, visual, kv, use_reentrant=False)
+                x = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x = self._layer(i, x, text_mask, visual, kv)
+                x = layer(*args)
         return x
-
-    def _layer(self, i: int, x: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput, kv: CrossKV | None) -> torch.Tensor:
-        k = visual.num_sets
-        return self.layer[i](x, text_mask, visual.tokens[i % k], visual.masks[i % k], None if kv is None else kv.layer(i))
 
     def _owners(self) -> tuple:
         return tuple(layer.crossattention.self for layer in self.layer)

@@ -26,16 +26,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from albef.modeling.context import EncodeFns, StepContext
+from albef.modeling import encoding
+from albef.modeling.context import MissingHeadError, StepContext, TextNegatives, find_head
 from albef.modeling.meta_arch.base import ALBEFModel, build_base_components
 from albef.modeling.objectives.base import Objective
 from albef.registry import HEAD_REGISTRY, META_ARCH_REGISTRY, OBJECTIVE_REGISTRY, TEACHER_REGISTRY, ComponentError, build_component
 
 logger = logging.getLogger("albef.modeling")
-
-
-class MissingHeadError(ComponentError):
-    """A head was asked for by key and the model has none under that key."""
 
 
 @META_ARCH_REGISTRY.register()
@@ -93,7 +90,6 @@ class ALBEF(ALBEFModel):
                     f"model.objectives.{key}.alpha={a} asks for distillation, but the teacher keeps no EMA copy of "
                     f"model.heads.{no_copy[0]} (a head built with momentum: false); set alpha: 0 or null"
                 )
-        self.fns = EncodeFns(self.encode_image, self.encode_text, self.encode_visual, self.fuse, self.head, self.prepare_visual)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -205,38 +201,83 @@ class ALBEF(ALBEFModel):
     def head(self, key: str, teacher: bool = False) -> nn.Module | None:
         """The head ``model.heads.<key>``; raises :class:`MissingHeadError` if there is none.
         ``teacher=True``: its EMA copy, or None when the teacher keeps none."""
-        if key not in self.heads:
-            raise MissingHeadError(
-                f"this model has no head '{key}' (model.heads.{key}); its heads: {sorted(self.heads) or 'none'} "
-                f"(a head is built only when an objective uses it)"
-            )
+        head = find_head(self.heads, key)
         if teacher:
             path = f"heads.{key}"
             return self.teacher.module(path) if self.teacher.has(path) else None
-        return self.heads[key]
+        return head
 
     def has_head(self, key: str) -> bool:
         return key in self.heads
 
     # ------------------------------------------------------------------ training
-    def context(self, batch: dict[str, Any]) -> StepContext:
-        """A StepContext over ``batch`` with this model's functions (also for evaluation)."""
-        t = self.teacher
-        return StepContext(batch, self.fns, temp=self.temp, alpha=t.alpha_now, distill=t.distills, ramp=t.ramp_now, teacher_fn=t.contrastive)
+    def objective_alphas(self) -> dict[str, torch.Tensor | None]:
+        """This step's distillation weight of each objective (None: it does not distil)."""
+        return {key: self.teacher.objective_alpha(obj.alpha, obj.heads_used()) for key, obj in self.objectives.items()}
+
+    def objective_needs(self, alphas: Mapping[str, Any]) -> frozenset[str]:
+        """What this step's objectives read beyond the batch's encodings (given their ``alphas``)."""
+        return frozenset().union(*(obj.needs(alphas[key] is not None) for key, obj in self.objectives.items()))
+
+    def context(self, batch: dict[str, Any], needs: frozenset[str] | set[str] | None = None) -> StepContext:
+        """Encode ``batch`` once: the :class:`StepContext` every objective reads (also for evaluation).
+
+        ``needs`` (see :data:`albef.modeling.objectives.base.NEEDS`): what to compute beyond
+        the student's encodings of the batch's texts and images; default: what this step's
+        objectives need. The order of the encoders is the order the objectives used to
+        call them in (student image, teacher, student text), so dropout draws its masks
+        in the same order.
+        """
+        if needs is None:
+            needs = self.objective_needs(self.objective_alphas())
+        image, ids, mask = batch.get("image"), batch["input_ids"], batch["attention_mask"]
+        visual, image_embeds, image_feat = encoding.encode_images(self, image) if image is not None else (None, None, None)
+        teacher, text_embeds = None, None
+        if needs & {"contrastive", "teacher_visual", "teacher_fused"}:
+            if "contrastive" in needs and image_feat is None:
+                raise ValueError("contrastive objectives need one image per text ([B, 3, H, W]) and projections (model.embed_dim)")
+            text_feat = None
+            if self.teacher.model is None:  # no EMA model: the teacher contrasts against the online text feature
+                text_embeds, text_feat = encoding.encode_text(self, ids, mask)
+            teacher = self.teacher.encode(
+                batch, contrastive="contrastive" in needs, visual="teacher_visual" in needs, fused="teacher_fused" in needs,
+                image_feat=image_feat, text_feat=text_feat,
+            )
+        if text_embeds is None:
+            text_embeds, text_feat = encoding.encode_text(self, ids, mask)
+        if visual is not None and needs & {"visual", "fused"}:
+            visual = encoding.prepare_visual(self.fusion, visual)
+        negatives = None
+        neg_ids = batch.get("text_neg_input_ids")
+        if neg_ids is not None and "text_negatives" in needs:
+            if neg_ids.shape != ids.shape:
+                raise ValueError(f"text_neg_input_ids {tuple(neg_ids.shape)} must have the shape of input_ids {tuple(ids.shape)} "
+                                 "(the collator tokenises texts and their negatives together)")
+            neg_mask = batch["text_neg_attention_mask"]
+            neg_hidden, neg_feat = encoding.encode_text(self, neg_ids, neg_mask)
+            negatives = TextNegatives(neg_hidden, neg_mask, neg_feat, batch["text_neg_valid"].bool())
+        return StepContext(
+            batch, text_embeds=text_embeds, text_feat=text_feat, image_embeds=image_embeds, image_feat=image_feat, visual=visual,
+            fused=self.fusion(text_embeds, mask, visual) if "fused" in needs else None,
+            temp=self.temp, teacher=teacher, text_negatives=negatives,
+            text_encoder=self.text_encoder, fusion=self.fusion, heads=self.heads,
+        )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        ctx = self.context(batch)
+        alphas = self.objective_alphas()
+        ctx = self.context(batch, self.objective_needs(alphas))
         out: dict[str, Any] = {}
         for key, obj in self.objectives.items():
-            res = obj(ctx)
+            res = obj(ctx, alphas[key])
             if isinstance(res, dict):
                 for name, value in res.items():
                     out[f"loss_{key}_{name}"] = obj.weight * value
             else:
                 out[f"loss_{key}"] = obj.weight * res
         out.update(ctx.stats)
-        if ctx.teacher_computed:
-            t = ctx.teacher
+        out.update(batch.get("stats") or {})  # the data side's counts (e.g. captions without a false text)
+        t = ctx.teacher
+        if t is not None and t.image_feat_m is not None:
             out["state"] = {"image_feat_m": t.image_feat_m, "text_feat_m": t.text_feat_m}
             if ctx.image_ids is not None:
                 out["state"]["image_id"] = ctx.image_ids

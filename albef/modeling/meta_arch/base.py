@@ -8,9 +8,9 @@ Task models (:mod:`albef.modeling.meta_arch.albef`) add heads, objectives and a 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from albef.modeling import encoding
 from albef.modeling.fusion.visual import VisualInput
 from albef.registry import FUSION_REGISTRY, TEXT_ENCODER_REGISTRY, VISION_ENCODER_REGISTRY, build_component
 
@@ -32,8 +32,8 @@ class ALBEFModel(nn.Module):
     """Vision encoder, text encoder, fusion encoder; projections and a temperature when
     ``embed_dim`` is set (contrastive tasks), none otherwise (SNLI-VE, NLVR2 classifiers).
 
-    Every encode function takes ``teacher=False``; with ``teacher=True`` it runs on the
-    momentum teacher's weights (a subclass supplies :attr:`teacher`).
+    The encode functions are those of :mod:`albef.modeling.encoding` on this model's
+    modules (the momentum teacher runs the same functions on its EMA copies).
     """
 
     def __init__(
@@ -61,55 +61,27 @@ class ALBEFModel(nn.Module):
             self.temp = None
         self.temp_min, self.temp_max = float(temp_min), float(temp_max)
 
-    def _on_teacher(self, fn, *args):
-        teacher = self._modules.get("teacher")
-        if teacher is None:
-            raise RuntimeError(f"{type(self).__name__} has no teacher to run {fn.__name__} on")
-        return teacher.run(self, fn, *args)
-
-    def encode_image(self, image: torch.Tensor, teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """image [B, 3, H, W] -> (tokens [B, 1+N, Dv], normalised feature [B, E] or None)."""
-        if teacher:
-            return self._on_teacher(self.encode_image, image)
-        embeds = self.vision_encoder(image)
-        feat = F.normalize(self.vision_proj(embeds[:, 0]).float(), dim=-1) if self.vision_proj is not None else None
-        return embeds, feat
+        return encoding.encode_image(self, image)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ids, mask [B, L] -> (hidden [B, L, H], normalised feature [B, E] or None)."""
-        if teacher:
-            return self._on_teacher(self.encode_text, input_ids, attention_mask)
-        embeds = self.text_encoder(input_ids, attention_mask)
-        feat = F.normalize(self.text_proj(embeds[:, 0]).float(), dim=-1) if self.text_proj is not None else None
-        return embeds, feat
+        return encoding.encode_text(self, input_ids, attention_mask)
 
-    def encode_visual(self, images: torch.Tensor, teacher: bool = False) -> VisualInput:
+    def encode_visual(self, images: torch.Tensor) -> VisualInput:
         """images [B, 3, H, W] (one per text) or [B, K, 3, H, W] (K per text: NLVR2's pair) -> a
-        VisualInput of K token sets [B, 1+N, Dv]. The K images go through the vision encoder
-        in one batch of B*K, as the official NLVR2 model does."""
-        if teacher:
-            return self._on_teacher(self.encode_visual, images)
-        if images.dim() == 4:
-            return VisualInput.of(self.encode_image(images)[0])
-        if images.dim() != 5:
-            raise ValueError(f"images must be [B, 3, H, W] or [B, K, 3, H, W], got {list(images.shape)}")
-        b, k = images.shape[:2]
-        tokens = self.vision_encoder(images.transpose(0, 1).flatten(0, 1))  # [K*B, 1+N, Dv], image k of every row together
-        return VisualInput(tuple(tokens.view(k, b, *tokens.shape[1:]).unbind(0)), (None,) * k)
+        VisualInput of K token sets [B, 1+N, Dv] (:func:`albef.modeling.encoding.encode_images`)."""
+        return encoding.encode_images(self, images)[0]
 
-    def prepare_visual(self, visual: VisualInput | torch.Tensor, teacher: bool = False) -> VisualInput:
+    def prepare_visual(self, visual: VisualInput | torch.Tensor) -> VisualInput:
         """``visual`` with the fusion encoder's cross-attention keys and values of every
-        image computed once (when the fusion can: ``project_visual``), for reuse by every
-        pair that image is fused in; unchanged otherwise. Same values either way."""
-        if teacher:
-            return self._on_teacher(self.prepare_visual, visual)
-        project = getattr(self.fusion, "project_visual", None)
-        return project(visual) if callable(project) else VisualInput.of(visual)
+        image computed once (when the fusion can), for reuse by every pair that image is
+        fused in; unchanged otherwise. Same values either way."""
+        return encoding.prepare_visual(self.fusion, VisualInput.of(visual))
 
-    def fuse(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput | torch.Tensor, teacher: bool = False) -> torch.Tensor:
+    def fuse(self, text_embeds: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput | torch.Tensor) -> torch.Tensor:
         """text [B, L, H], mask [B, L], visual (VisualInput or tokens [B, N, Dv]) -> fused [B, L, H]."""
-        if teacher:
-            return self._on_teacher(self.fuse, text_embeds, text_mask, visual)
         return self.fusion(text_embeds, text_mask, VisualInput.of(visual))
 
     def clamp_temperature(self) -> None:

@@ -44,18 +44,20 @@ class AnswerGenerationLoss(Objective):
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
+    def needs(self, distill: bool) -> frozenset[str]:
+        return frozenset({"fused", "teacher_fused"} if distill else {"fused"})
+
+    def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
         b = ctx.batch
         ids, mask = b["answer_input_ids"], b["answer_attention_mask"]
         weight, owner = b["answer_weight"].float(), b["answer_question"]
         q_mask = ctx.attention_mask.index_select(0, owner)
-        logits = ctx.head(self.head)(ids, mask, ctx.fused().index_select(0, owner), q_mask).float()  # [A, La, V]
+        logits = ctx.head(self.head)(ids, mask, ctx.fused.index_select(0, owner), q_mask).float()  # [A, La, V]
         nll = token_nll(logits, ids, mask)  # [A, La-1]
-        alpha, distill = self.distillation(ctx)
-        dec_m = ctx.head(self.head, teacher=True) if distill else None
-        if dec_m is not None:
+        if alpha is not None:
+            dec_m = ctx.teacher.head(self.head)
             with torch.no_grad():
-                soft = F.softmax(dec_m(ids, mask, ctx.fused(teacher=True).index_select(0, owner), q_mask).float()[:, :-1], dim=-1)
+                soft = F.softmax(dec_m(ids, mask, ctx.teacher.fused.index_select(0, owner), q_mask).float()[:, :-1], dim=-1)
             distill = -(soft * F.log_softmax(logits[:, :-1], dim=-1)).sum(-1) * mask[:, 1:].to(soft.dtype)
             nll = (1 - alpha) * nll + alpha * distill
         return (weight * nll.sum(dim=1)).sum() / ctx.batch_size

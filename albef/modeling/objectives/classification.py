@@ -35,14 +35,15 @@ class ClassificationLoss(Objective):
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
+    def needs(self, distill: bool) -> frozenset[str]:
+        return frozenset({"fused", "teacher_fused"} if distill else {"fused"})
+
+    def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
         labels = ctx.batch[self.label_key]
-        logits = ctx.head(self.head)(ctx.fused()[:, 0]).float()  # [B, C]
+        logits = ctx.head(self.head)(ctx.fused[:, 0]).float()  # [B, C]
         loss = F.cross_entropy(logits, labels)
-        alpha, distill = self.distillation(ctx)
-        head_m = ctx.head(self.head, teacher=True) if distill else None
-        if head_m is not None:
+        if alpha is not None:
             with torch.no_grad():
-                soft = F.softmax(head_m(ctx.fused(teacher=True)[:, 0]).float(), dim=1)
+                soft = F.softmax(ctx.teacher.head(self.head)(ctx.teacher.fused[:, 0]).float(), dim=1)
             loss = (1 - alpha) * loss - alpha * (F.log_softmax(logits, dim=1) * soft).sum(dim=1).mean()
         return loss

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from albef.modeling.context import StepContext, distilling
+from albef.modeling.context import StepContext
 from albef.modeling.objectives.base import Objective
 from albef.registry import OBJECTIVE_REGISTRY
 
@@ -19,20 +19,19 @@ def contrastive_targets(batch_size: int, num_cols: int, image_ids: torch.Tensor 
     return t
 
 
-def itc_targets(ctx: StepContext, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def itc_targets(ctx: StepContext, alpha: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ITC's target distributions (i2t, t2i), each [B, B+Q], without gradient.
 
     The ground truth (:func:`contrastive_targets`), mixed with the teacher's softmax
-    when distilling: ``alpha * softmax(sim_m) + (1 - alpha) * y`` (paper eq. 6), where
-    alpha is the teacher's (``alpha=None``) or ``alpha * ramp`` for an objective with an
-    alpha of its own. Public for objectives that reuse ITC's targets with another loss
-    (plugins).
+    when distilling (``alpha`` not None: this step's weight the objective was given):
+    ``alpha * softmax(sim_m) + (1 - alpha) * y`` (paper eq. 6). Public for objectives
+    that reuse ITC's targets with another loss (plugins).
     """
     t = ctx.teacher
     b, n = ctx.sim_i2t.shape
     targets = contrastive_targets(b, n, ctx.image_ids, t.idx_all, ctx.sim_i2t.device)
-    a, flag = (t.alpha, ctx.distill) if alpha is None else ctx.alpha_for(alpha)
-    if not distilling(a, flag):
+    a = alpha
+    if a is None:
         return targets, targets
     with torch.no_grad():
         sim_i2t_m = t.image_feat_m @ t.text_feat_all.t() / ctx.temp
@@ -69,10 +68,13 @@ class ITCLoss(Objective):
         self.text_negatives = bool(text_negatives)
         self._set_alpha(alpha)
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
-        tgt_i2t, tgt_t2i = itc_targets(ctx, self.alpha)
+    def needs(self, distill: bool) -> frozenset[str]:
+        return frozenset({"contrastive", "text_negatives"} if self.text_negatives else {"contrastive"})
+
+    def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
+        tgt_i2t, tgt_t2i = itc_targets(ctx, alpha)
         sim_i2t = ctx.sim_i2t
-        extra = ctx.text_negatives() if self.text_negatives else None
+        extra = ctx.text_negatives if self.text_negatives else None
         if extra is not None and extra.feat is not None:
             own = (ctx.image_feat.float() * extra.feat.float()).sum(dim=1, keepdim=True) / ctx.temp  # [B, 1]
             own = own.masked_fill(~extra.valid.view(-1, 1), -1e9)  # exp() -> 0; finite, so 0 * log p stays 0

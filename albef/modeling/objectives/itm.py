@@ -57,17 +57,20 @@ class ITMLoss(Objective):
         with torch.no_grad():
             return self.miner(ctx.sim_i2t[:, :b].detach(), ctx.sim_t2i[:, :b].detach(), ctx.image_ids, temp=ctx.temp)
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
+    def needs(self, distill: bool) -> frozenset[str]:
+        return frozenset({"contrastive", "visual", "text_negatives"} if self.text_negatives else {"contrastive", "visual"})
+
+    def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
         b = ctx.batch_size
         neg = self.mine(ctx)
-        text, mask, visual = ctx.text_embeds, ctx.attention_mask, ctx.visual()
+        text, mask, visual = ctx.text_embeds, ctx.attention_mask, ctx.visual
         texts, masks, visuals = [text, text, text[neg.neg_text_for_image]], [mask, mask, mask[neg.neg_text_for_image]], [visual, visual.index(neg.neg_image_for_text), visual]
         keeps = [torch.ones(b, dtype=torch.bool, device=mask.device), neg.valid_text, neg.valid_image]
-        extra = ctx.text_negatives() if self.text_negatives else None
+        extra = ctx.text_negatives if self.text_negatives else None
         if extra is not None:  # each image with its own false text
             texts.append(extra.hidden), masks.append(extra.mask), visuals.append(visual), keeps.append(extra.valid)
             ctx.stats["itm_text_negatives"] = extra.valid.sum().detach()
-        fused = ctx.fuse(torch.cat(texts), torch.cat(masks), VisualInput.cat(visuals))  # [3B or 4B, L, H]
+        fused = ctx.fusion(torch.cat(texts), torch.cat(masks), VisualInput.cat(visuals))  # [3B or 4B, L, H]
         logits = ctx.head(self.head)(fused[:, 0]).float()  # [3B or 4B, 2]
         n = logits.shape[0]
         labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(n - b, dtype=torch.long)]).to(logits.device)

@@ -126,15 +126,17 @@ class MLMLoss(Objective):
     def heads_used(self) -> tuple[str, ...]:
         return (self.head,)
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
+    def needs(self, distill: bool) -> frozenset[str]:
+        return frozenset({"visual", "teacher_visual"} if distill else {"visual"})
+
+    def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
         ids, mask = ctx.batch["input_ids"], ctx.attention_mask
         masked_ids, labels = mask_tokens(
             ids, mask, self.mask_prob, self.mask_token_id, self.vocab_size, self.never_mask,
             positions=ctx.batch.get("mlm_positions"), replace_prob=self.replace_prob, random_prob=self.random_prob,
             focus_ids=self.focus_ids, focus_prob=self.focus_prob,
         )
-        text, _ = ctx.encode_text(masked_ids, mask)
-        fused = ctx.fuse(text, mask, ctx.visual())  # [B, L, H]
+        fused = ctx.fusion(ctx.text_encoder(masked_ids, mask), mask, ctx.visual)  # [B, L, H]
         chosen = labels != -100
         n = chosen.sum().clamp(min=1).float()
         if self.logits == "masked":  # only the chosen positions: [M, H] -> [M, V]
@@ -148,13 +150,11 @@ class MLMLoss(Objective):
             weights = chosen.flatten().float()
         logits = ctx.head(self.head)(pick(fused)).float()
         loss = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum") / n
-        alpha, distill = self.distillation(ctx)
-        head_m = ctx.head(self.head, teacher=True) if distill else None
-        if head_m is not None:
+        if alpha is not None:  # the teacher's prediction on the same masked text and its own image tokens
+            t = ctx.teacher
             with torch.no_grad():
-                text_m, _ = ctx.encode_text(masked_ids, mask, teacher=True)
-                hidden_m = ctx.fuse(text_m, mask, ctx.visual(teacher=True), teacher=True)
-                soft = F.softmax(head_m(pick(hidden_m)).float(), dim=-1)
+                hidden_m = t.modules.fusion(t.modules.text_encoder(masked_ids, mask), mask, t.visual)
+                soft = F.softmax(t.head(self.head)(pick(hidden_m)).float(), dim=-1)
             distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1)  # [M] or [B*L]
             distill = distill.sum() if weights is None else (distill * weights).sum()
             loss = (1 - alpha) * loss + alpha * distill / n

@@ -63,13 +63,13 @@ class TextAssignmentLoss(Objective):
         label = torch.where(neither, 2, torch.where(own_first, 0, 1)).long()
         return slot0, slot1, label, valid
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
-        image_embeds, image_feat = ctx.image()
+    def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:
+        image_embeds, image_feat = ctx.image_embeds, ctx.image_feat
         if image_feat is None:
             raise ValueError("TextAssignmentLoss mines image pairs from the image projections: set model.embed_dim")
         slot0, slot1, label, valid = self.assign(image_feat.detach(), ctx.image_ids)
         visual = VisualInput((image_embeds[slot0], image_embeds[slot1]), (None, None))
-        logits = ctx.head(self.head)(ctx.fuse(ctx.text_embeds, ctx.attention_mask, visual)[:, 0]).float()  # [B, 3]
+        logits = ctx.head(self.head)(ctx.fusion(ctx.text_embeds, ctx.attention_mask, visual)[:, 0]).float()  # [B, 3]
         keep = valid.float()
         ctx.stats["dropped_ta_rows"] = (valid.numel() - keep.sum()).detach()
         ce = F.cross_entropy(logits, label, reduction="none")

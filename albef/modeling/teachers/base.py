@@ -1,21 +1,56 @@
-"""The teacher base class: an EMA copy of the student's modules that runs the student's own code.
+"""The teacher base class: an EMA copy of the student's modules, and what it computes for a step.
 
 A task model names the modules its teacher mirrors (``paths`` such as ``vision_encoder``,
 ``fusion``, ``heads.mlm``); :meth:`Teacher.attach` deep-copies them in one go (so weights
 tied across modules, like the MLM decoder and the word embeddings, stay tied in the
-copy). :meth:`Teacher.run` calls any function of the student -- its ``encode_image``,
-``fuse``, a head -- with the EMA modules swapped in for the duration of the call, under
-``no_grad``. So a new task model (two images, a decoder) gets a teacher without teacher
-code of its own: whatever the student computes, the teacher can compute on its weights.
+copy). The copies are kept under the student's names (``teacher.model.<path>``), so the
+student's encode functions (:mod:`albef.modeling.encoding`) run on them unchanged:
+:meth:`Teacher.encode` gives a step's :class:`TeacherOutput` in one call.
+:meth:`Teacher.run` calls any other function of the student with the EMA modules swapped
+in (for analysis tools), under ``no_grad``.
 """
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from albef.modeling.fusion.visual import VisualInput
+
+
+@dataclass
+class TeacherOutput:
+    """What the teacher computed for one batch (all without gradient).
+
+    image_feat_m, text_feat_m: [B, E] momentum (or detached online) features, or None when
+        no objective contrasts (or the model has no projections).
+    image_feat_all, text_feat_all: [B + Q, E] = batch features then the queue.
+    idx_all: [B + Q] image ids (-100 = unknown) or None when the batch has no ids.
+    visual: the teacher's fusion input of the batch's images (its own cross-attention
+        keys/values attached), when an objective distils through the fusion; else None.
+    fused: [B, L, H] the batch's texts fused with their images on the teacher's weights,
+        when an objective distils from the fused states (classifiers, the answer decoder).
+    modules: the EMA modules (``text_encoder``, ``fusion``, ``heads`` ...), for an
+        objective that runs them on inputs of its own (MLM's masked text); None without.
+    """
+
+    image_feat_m: torch.Tensor | None = None
+    text_feat_m: torch.Tensor | None = None
+    image_feat_all: torch.Tensor | None = None
+    text_feat_all: torch.Tensor | None = None
+    idx_all: torch.Tensor | None = None
+    visual: VisualInput | None = None
+    fused: torch.Tensor | None = None
+    modules: nn.ModuleDict | None = None
+
+    def head(self, key: str) -> nn.Module | None:
+        """The EMA copy of ``model.heads.<key>``, or None when the teacher keeps none."""
+        heads = getattr(self.modules, "heads", None)
+        return heads[key] if heads is not None and key in heads else None
 
 
 def _resolve(root: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -40,13 +75,13 @@ class Teacher(nn.Module):
 
     Args:
         momentum: EMA coefficient m.
-        alpha: distillation weight after the ramp; the trainer's alpha hook sets
-            :attr:`current_alpha` = alpha * ramp(iteration).
+        alpha: distillation weight after the ramp.
 
-    This step's alpha lives in a 0-d buffer (:attr:`alpha_now`, on the model's device)
-    that the ramp fills in place: objectives compute with the tensor, so a compiled or
-    graph-captured step sees every new value without recompiling, and whether to distil
-    at all is the static :attr:`distills` (the configured alpha > 0).
+    The distillation weight: :attr:`alpha` is the configured one; the trainer's ramp hook
+    calls :meth:`set_alpha_scale` with ramp(iteration), which fills two 0-d buffers in
+    place, :attr:`ramp_now` (the ramp) and :attr:`alpha_now` (alpha * ramp), so a compiled
+    or graph-captured step sees every new value without recompiling. The model hands each
+    objective its alpha for the step (:meth:`objective_alpha`).
     """
 
     def __init__(self, momentum: float = 0.995, alpha: float = 0.4):
@@ -58,9 +93,9 @@ class Teacher(nn.Module):
         self.momentum = float(momentum)
         self.alpha = float(alpha)
         self.register_buffer("alpha_now", torch.tensor(float(alpha)), persistent=False)
-        self._alpha_value = float(alpha)
         # the ramp factor itself, for objectives with an alpha of their own (model.objectives.<k>.alpha)
         self.register_buffer("ramp_now", torch.tensor(1.0), persistent=False)
+        self._alpha_value = float(alpha)  # alpha_now as a Python float: logged without a device read
         self.model: nn.ModuleDict | None = None
         self.paths: list[str] = []
         self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -106,15 +141,26 @@ class Teacher(nn.Module):
         self._alpha_value = float(value)
         self.alpha_now.fill_(float(value))  # in place: a captured graph reads the new value
 
-    @property
-    def distills(self) -> bool:
-        """Whether objectives compute distillation targets at all: the configured alpha > 0
-        (or a current alpha set above 0 by hand, as the parity tests do); static for a run."""
-        return self.alpha > 0 or self._alpha_value > 0
-
     def set_alpha_scale(self, scale: float) -> None:
         self.ramp_now.fill_(float(scale))  # in place, as alpha_now
         self.current_alpha = self.alpha * float(scale)
+
+    def objective_alpha(self, own: float | None, heads: Sequence[str] = ()) -> torch.Tensor | None:
+        """This step's distillation weight for an objective: None = do not distil.
+
+        ``own`` is the objective's own configured alpha: None -> the teacher's (this step's
+        :attr:`alpha_now`), a number -> ``own * ramp``, the same warm-up ramp. Whether to
+        distil at all is static for a run (the configured value > 0, or a current alpha set
+        above 0 by hand, as the parity tests do), so a compiled step does not recompile; an
+        objective that distils through heads needs the teacher's EMA copy of each.
+        """
+        if own is None:
+            alpha, on = self.alpha_now, self.alpha > 0 or self._alpha_value > 0
+        else:
+            alpha, on = own * self.ramp_now, own > 0
+        if not on or self.model is None or not all(self.has(f"heads.{h}") for h in heads):
+            return None
+        return alpha
 
     # ------------------------------------------------------------------ weights
     def _param_pairs(self, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -167,11 +213,17 @@ class Teacher(nn.Module):
         with torch.no_grad(), self.swapped(student):
             return fn(*args, **kwargs)
 
-    # ------------------------------------------------------------------ contrastive targets
-    def contrastive(self, ctx) -> "Any":
-        """Momentum features (and queue) of a batch for ITC / ITM mining: a
-        :class:`~albef.modeling.context.TeacherOutput`. Teachers without one raise."""
-        raise NotImplementedError(f"{type(self).__name__} gives no contrastive features")
+    # ------------------------------------------------------------------ one step's encodings
+    def encode(self, batch: dict[str, Any], *, contrastive: bool = True, visual: bool = False, fused: bool = False,
+               image_feat: torch.Tensor | None = None, text_feat: torch.Tensor | None = None) -> TeacherOutput:
+        """The teacher's part of a step, computed once for every objective (no gradient).
+
+        ``contrastive``: momentum features and queue (ITC, ITM mining); ``visual``: the
+        teacher's fusion input of the batch's images; ``fused``: its fused states of the
+        batch's pairs. ``image_feat`` / ``text_feat``: the student's features [B, E] (a
+        teacher without an EMA model contrasts against them).
+        """
+        raise NotImplementedError(f"{type(self).__name__} computes nothing for a step")
 
     def enqueue(self, state: dict[str, torch.Tensor]) -> None:
         """Store the momentum features of the last step (called after the optimizer step)."""

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from albef.modeling.context import StepContext, TeacherOutput
+from albef.modeling.encoding import encode_images, encode_text, prepare_visual
 from albef.modeling.queue import FeatureQueue
-from albef.modeling.teachers.base import Teacher
+from albef.modeling.teachers.base import Teacher, TeacherOutput
 from albef.registry import TEACHER_REGISTRY
 
 
@@ -37,21 +37,28 @@ class MomentumTeacher(Teacher):
         self.queue = FeatureQueue(queue_size, embed_dim) if queue_size > 0 else None
 
     @torch.no_grad()
-    def contrastive(self, ctx: StepContext) -> TeacherOutput:
-        _, image_feat_m = ctx.image(teacher=True)
-        _, text_feat_m = ctx.text(teacher=True)
-        idx = ctx.image_ids
-        if self.queue is None:
-            image_all, text_all, idx_all = image_feat_m, text_feat_m, idx
-        else:
-            q = self.queue
-            image_all = torch.cat([image_feat_m, q.image_queue.float()])
-            text_all = torch.cat([text_feat_m, q.text_queue.float()])
-            idx_all = None if idx is None else torch.cat([idx, q.idx_queue])
-        return TeacherOutput(
-            image_feat_m=image_feat_m, text_feat_m=text_feat_m, image_feat_all=image_all, text_feat_all=text_all,
-            idx_all=idx_all, image_embeds_m=None, alpha=ctx.alpha,
-        )
+    def encode(self, batch, *, contrastive=True, visual=False, fused=False, image_feat=None, text_feat=None) -> TeacherOutput:
+        m = self.model
+        mask = batch["attention_mask"]
+        vis, _, image_feat_m = encode_images(m, batch["image"])
+        out = TeacherOutput(modules=m)
+        if contrastive or fused:
+            text_embeds_m, text_feat_m = encode_text(m, batch["input_ids"], mask)
+        if contrastive:
+            idx = batch.get("image_id")
+            out.image_feat_m, out.text_feat_m = image_feat_m, text_feat_m
+            if self.queue is None:
+                out.image_feat_all, out.text_feat_all, out.idx_all = image_feat_m, text_feat_m, idx
+            else:
+                q = self.queue
+                out.image_feat_all = torch.cat([image_feat_m, q.image_queue.float()])
+                out.text_feat_all = torch.cat([text_feat_m, q.text_queue.float()])
+                out.idx_all = None if idx is None else torch.cat([idx, q.idx_queue])
+        if visual or fused:
+            out.visual = prepare_visual(m.fusion, vis)
+        if fused:
+            out.fused = m.fusion(text_embeds_m, mask, out.visual)
+        return out
 
     @torch.no_grad()
     def enqueue(self, state: dict[str, torch.Tensor]) -> None:

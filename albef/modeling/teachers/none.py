@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from albef.modeling.context import StepContext, TeacherOutput
-from albef.modeling.teachers.base import Teacher
+from albef.modeling.teachers.base import Teacher, TeacherOutput
 from albef.registry import TEACHER_REGISTRY
 
 
@@ -33,6 +32,10 @@ class NoTeacher(Teacher):
             return fn(*args, **kwargs)
 
     @torch.no_grad()
-    def contrastive(self, ctx: StepContext) -> TeacherOutput:
-        i, t = ctx.image_feat.detach().float(), ctx.text_feat.detach().float()
-        return TeacherOutput(i, t, i, t, ctx.image_ids, None, 0.0)
+    def encode(self, batch, *, contrastive=True, visual=False, fused=False, image_feat=None, text_feat=None) -> TeacherOutput:
+        if visual or fused:
+            raise RuntimeError("NoTeacher keeps no momentum model to fuse with (nothing distils without one)")
+        if not contrastive:
+            return TeacherOutput()
+        i, t = image_feat.detach().float(), text_feat.detach().float()
+        return TeacherOutput(i, t, i, t, batch.get("image_id"))

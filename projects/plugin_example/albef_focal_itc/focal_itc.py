@@ -39,6 +39,9 @@ class FocalITCLoss(Objective):
             raise ValueError(f"FocalITCLoss: gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
 
-    def forward(self, ctx: StepContext) -> torch.Tensor:
-        tgt_i2t, tgt_t2i = itc_targets(ctx)  # the same targets as ITC (ground truth + distillation)
+    def needs(self, distill: bool) -> frozenset[str]:
+        return frozenset({"contrastive"})  # the teacher's features and the similarities
+
+    def forward(self, ctx: StepContext, alpha=None) -> torch.Tensor:
+        tgt_i2t, tgt_t2i = itc_targets(ctx, alpha)  # the same targets as ITC (ground truth + distillation)
         return (focal_soft_cross_entropy(ctx.sim_i2t, tgt_i2t, self.gamma) + focal_soft_cross_entropy(ctx.sim_t2i, tgt_t2i, self.gamma)) / 2
