@@ -43,10 +43,13 @@ def _two_micro_batches(tiny_cfg, tokenizer, *overrides):
 
 def _run(model, batches, k, iters=2):
     from albef.engine.defaults import build_optimizer
-    from albef.engine.train_loop import SimpleTrainer
+    from albef.engine.train_loop import AccumulatingTrainer, SimpleTrainer
 
     opt = build_optimizer(model.cfg_for_test, model)
-    t = SimpleTrainer(model, batches * iters, opt, device=torch.device("cpu"), grad_accum_steps=k)
+    if k > 1:
+        t = AccumulatingTrainer(model, batches * iters, opt, device=torch.device("cpu"), grad_accum_steps=k)
+    else:
+        t = SimpleTrainer(model, batches * iters, opt, device=torch.device("cpu"))
     t.train(0, iters)
     return t
 
@@ -96,6 +99,40 @@ def test_grad_accumulation_one_ema_update_and_every_micro_batch_enqueued(tiny_cf
     assert int(q.ptr) == 16
     assert q.idx_queue[:16].tolist() == micro[0]["image_id"].tolist() + micro[1]["image_id"].tolist()
     assert t.iter == 1
+
+
+class _CountingModel(torch.nn.Module):
+    """A loss and a count per batch (``x`` [B]): ``loss_a`` = mean(w * x), ``dropped_big`` = #(x > 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, batch):
+        x = batch["x"]
+        return {"loss_a": (self.w * x).mean(), "dropped_big": (x > 1).sum()}
+
+
+def test_grad_accumulation_logs_loss_means_and_count_sums():
+    """An accumulated step logs what one batch of all its micro-batches would: the losses'
+    mean and the counts' sum (here exactly: equal micro-batches)."""
+    from albef.engine.train_loop import AccumulatingTrainer, SimpleTrainer, reduce_micro_batches
+
+    micro = [{"x": torch.tensor([1.0, 2.0, 3.0])}, {"x": torch.tensor([2.0, 2.0, 0.0])}]
+    large = [{"x": torch.cat([b["x"] for b in micro])}]
+    cpu = torch.device("cpu")
+    logged = {}
+    for name, cls, batches, kwargs in (("accumulated", AccumulatingTrainer, micro, {"grad_accum_steps": 2}),
+                                       ("large", SimpleTrainer, large, {})):
+        model = _CountingModel()
+        t = cls(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), device=cpu, **kwargs)
+        t.train(0, 1)
+        logged[name] = {k: t.storage.history(k).latest() for k in ("loss_a", "dropped_big", "total_loss")}
+    assert logged["accumulated"]["dropped_big"] == logged["large"]["dropped_big"] == 4.0  # 2 + 2, not their mean 2
+    assert logged["accumulated"]["loss_a"] == pytest.approx(logged["large"]["loss_a"]) == pytest.approx(10 / 6)
+    assert logged["accumulated"]["total_loss"] == pytest.approx(10 / 6)
+    # the rule, on non-tensor values too: loss_* averaged, other outputs summed
+    assert reduce_micro_batches([{"loss_x": 1.0, "n": 2}, {"loss_x": 3.0, "n": 5}]) == {"loss_x": 2.0, "n": 7}
 
 
 # ---------------------------------------------------------------------------- non-finite policy
@@ -157,6 +194,29 @@ def test_skip_policy_skips_and_counts_the_step(tiny_cfg):
         DefaultTrainer(tiny_cfg("train.nonfinite=ignore")).build_trainer([])
 
 
+def test_skipped_steps_continue_from_the_checkpoint_after_resume(tiny_cfg):
+    from albef.engine import DefaultTrainer
+
+    cfg = tiny_cfg("train.max_iter=5", "train.nonfinite=skip", "train.checkpoint_period=3", "eval.retrieval=null")
+    first = DefaultTrainer(cfg)
+    _plant_nan(first, 1)
+    first.train()
+    metrics = os.path.join(cfg.output_dir, "metrics.json")
+    rows_before = sum(1 for _ in open(metrics))
+    ck = torch.load(os.path.join(cfg.output_dir, "model_0000002.pth"), weights_only=True)
+    assert ck["trainer_state"] == [{"skipped_samples": 0, "skipped_steps": 1}]
+    os.remove(os.path.join(cfg.output_dir, "model_final.pth"))  # resume from iteration 2's checkpoint
+    resumed = DefaultTrainer(cfg)
+    assert resumed.resume_or_load(resume=True) == 3
+    resumed.train()
+    rows = [json.loads(l) for l in open(metrics)][rows_before:]  # the resumed run's (appended)
+    after = [r for r in rows if "skipped_steps" in r]
+    assert [r["iteration"] for r in after] == [3, 4]
+    assert all(r["skipped_steps"] == 1.0 for r in after), after  # not 0: the count of the checkpoint goes on
+    final = torch.load(os.path.join(cfg.output_dir, "model_final.pth"), weights_only=True)
+    assert final["trainer_state"][0]["skipped_steps"] == 1
+
+
 # ---------------------------------------------------------------------------- preemption
 def test_sigterm_checkpoints_exits_0_and_resume_matches_the_uninterrupted_run(synthetic_root, tmp_path):
     extra = ["train.max_iter=60", "train.checkpoint_period=1000", "eval.retrieval=null"]
@@ -205,6 +265,58 @@ def test_sigterm_checkpoints_exits_0_and_resume_matches_the_uninterrupted_run(sy
     wb = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("loader, workers", [("map", 1), ("map", 2), ("shards", 2)])
+def test_group_wide_sigterm_with_dataloader_workers_checkpoints_and_exits_0(synthetic_root, tmp_path, loader, workers):
+    """Slurm at the time limit (or ``kill -- -PGID``) sends SIGTERM to every process of the
+    job, DataLoader workers included: the workers must live on (a dead one makes the
+    DataLoader raise in the main process) while the main process checkpoints and exits 0,
+    and then end with it (no worker left behind, no hang at exit). For the map-style loader
+    (persistent workers) and the streaming one (shards)."""
+    out = str(tmp_path / "group")
+    data = []
+    if loader == "shards":
+        from albef.data.shards import make_shards
+
+        shards = str(tmp_path / "shards")
+        make_shards([os.path.join(synthetic_root, "pretrain.json")], synthetic_root, shards, shard_size=6, progress=False)
+        data = [f"data.train={{name: WebDatasetPretrain, shards: {shards}}}"]
+    args = base_args(synthetic_root, out, "train.max_iter=500", "train.checkpoint_period=1000", "eval.retrieval=null",
+                     f"data.num_workers={workers}", *data)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # a session (and process group) of its own, as a batch job's: the signal reaches only it
+    p = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    metrics = os.path.join(out, "metrics.json")
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 3:
+            break
+        time.sleep(0.01)
+    assert p.poll() is None, "the run ended before it could be signalled"
+    pgid = os.getpgid(p.pid)
+    assert pgid == p.pid
+    os.killpg(pgid, signal.SIGTERM)
+    log, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, log[-3000:]
+    assert "exited unexpectedly" not in log and "killed by signal" not in log, log[-3000:]
+    saved = [f for f in os.listdir(out) if f.startswith("model_")]
+    assert len(saved) == 1 and saved[0] != "model_final.pth", saved
+    stopped = int(saved[0][len("model_"):-len(".pth")])
+    assert f"Preempted (SIGTERM): checkpoint of iteration {stopped}" in log
+    ck = torch.load(os.path.join(out, saved[0]), weights_only=True)
+    assert ck["iteration"] == stopped
+    # the workers are gone with the main process (they exit on their parent's SIGTERM or
+    # when the loader shuts them down, and notice a dead parent within seconds)
+    for _ in range(200):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"processes of group {pgid} still alive after the run ended")
 
 
 # ---------------------------------------------------------------------------- several processes

@@ -6,8 +6,8 @@
 #
 # --signal=USR1@300 : SLURM sends SIGUSR1 to every process of the tasks 300 s before the time
 #   limit (and before preemption where the cluster sets PreemptParameters=send_user_signal;
-#   Slurm's default preemption sends SIGTERM to every process, which also stops the
-#   DataLoader workers: see README "Scaling out"); each rank finishes its step, the run
+#   Slurm's default preemption sends SIGTERM to every process: the run checkpoints on it too,
+#   but within KillWait, 30 s by default: see README "Scaling out"); each rank finishes its step, the run
 #   writes a checkpoint and exits 0, and --requeue puts the job back in the queue. The
 #   requeued job starts with --resume: it continues from the newest complete checkpoint in
 #   output_dir (a half-written file is skipped). DataLoader workers ignore SIGUSR1. After a

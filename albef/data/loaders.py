@@ -25,7 +25,10 @@ and ``train`` and passes each loader class the ones its constructor names (``dat
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -37,11 +40,44 @@ logger = logging.getLogger("albef.data")
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: SIGUSR1 sent to the whole process group (SLURM's
-    ``--signal=USR1@T``) must not kill the workers while the main process finishes its step
-    and writes a checkpoint. SIGTERM keeps its default: it is how the DataLoader and
-    multiprocessing stop workers at exit (a worker ignoring it would keep the run from ending)."""
+    """DataLoader ``worker_init_fn``: a preemption signal sent to the whole process group
+    (Slurm's SIGTERM at the time limit, ``kill -- -PGID``, ``--signal=USR1@T``) must not kill
+    the workers while the main process finishes its step and writes a checkpoint: a dead
+    worker makes the DataLoader raise in the main process at once (its SIGCHLD handler).
+
+    SIGUSR1 is ignored. SIGTERM is ignored unless the worker's parent sends it, which is how
+    the DataLoader and multiprocessing stop workers: at exit, a loader still alive (held by a
+    reference cycle or a traceback) is not shut down by the DataLoader (a no-op once Python is
+    exiting), and multiprocessing terminates its daemonic children with SIGTERM, then waits
+    for them without a timeout -- a worker ignoring every SIGTERM hangs the exit. PyTorch's
+    own worker handler tells the two senders apart too, but dies on a SIGTERM from anyone
+    else. A Python handler is not told the sender; ``sigwaitinfo`` is: SIGTERM is blocked
+    (threads started later inherit the mask) and a thread takes it.
+    """
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="sigterm-from-parent", daemon=True).start()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent:
+            os._exit(0)  # as PyTorch's handler does: a quiet exit, no failure for its SIGCHLD handler
+
+
+@contextmanager
+def preemption_signals_blocked():
+    """SIGTERM and SIGUSR1 blocked in this thread while DataLoader workers start: a forked
+    worker inherits the mask, so a signal that arrives before its ``worker_init_fn``
+    (:func:`ignore_preemption_signals`) runs waits instead of killing it. This process gets
+    its own signal when the block is lifted."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def epoch_size(dataset) -> int | None:
@@ -94,6 +130,10 @@ class MapStyleLoader(DataLoader):
             # or a resumed run would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(int(seed) + int(rank)),
         )
+
+    def __iter__(self):
+        with preemption_signals_blocked():  # the workers start here
+            return super().__iter__()
 
     @property
     def epoch_size(self) -> int | None:
@@ -199,7 +239,9 @@ class StreamingLoader:
             # the global RNG, whose state a resumed run restores from the checkpoint
             generator=torch.Generator().manual_seed(self.seed + self.rank),
         )
-        for batch in loader:
+        with preemption_signals_blocked():  # the workers start here
+            batches = iter(loader)
+        for batch in batches:
             worker, pos = batch.pop("stream_pos")
             self.positions[worker] = pos
             self.batches += 1

@@ -28,7 +28,7 @@ from albef.data import build as data_build
 from albef.data.loaders import epoch_size
 from albef.data.tokenization import build_tokenizer
 from albef.engine import hooks as H
-from albef.engine.train_loop import SimpleTrainer
+from albef.engine.train_loop import AccumulatingTrainer, SimpleTrainer
 from albef.evaluation.base import Evaluator, format_metrics_table
 from albef.modeling import build_model
 from albef.registry import EVALUATOR_REGISTRY, TRAINER_REGISTRY, build_component, get_component
@@ -171,6 +171,7 @@ class DefaultTrainer:
         # pairs per optimizer step over all processes (the micro-batches of an accumulated step)
         self.global_batch = cfg.train.batch_size * self.grad_accum_steps * comm.get_world_size()
         self.loader_state: list | None = None  # every rank's streaming-loader position, from --resume
+        self.trainer_state: list | None = None  # every rank's SimpleTrainer.state_dict(), from --resume
         ramp = cfg.train.alpha_warmup_iters
         if ramp is not None:
             self.alpha_ramp_iters = int(ramp)
@@ -268,6 +269,7 @@ class DefaultTrainer:
             path, extra = found
             self.start_iter = int(extra.get("iteration", -1)) + 1
             self.loader_state = extra.get("loader_state")
+            self.trainer_state = extra.get("trainer_state")
             rngs = extra.get("rng")
             if rngs and len(rngs) == comm.get_world_size():
                 set_rng_state(rngs[comm.get_rank()])
@@ -341,7 +343,8 @@ class DefaultTrainer:
 
     def build_trainer(self, loader) -> SimpleTrainer:
         """The step runner over ``loader`` with this run's hooks registered: what
-        :meth:`train` runs, and what ``tools/benchmark.py`` times (same step, same hooks)."""
+        :meth:`train` runs, and what ``tools/benchmark.py`` times (same step, same hooks). A
+        :class:`SimpleTrainer`, or an :class:`AccumulatingTrainer` for ``train.grad_accum_steps`` > 1."""
         cfg = self.cfg
         model = self.model
         if comm.get_world_size() > 1:
@@ -355,11 +358,12 @@ class DefaultTrainer:
         if runtime.compile_enabled(cfg):
             compile_kwargs = {"backend": cfg.train.compile_backend, "mode": cfg.train.compile_mode}
             logger.info("train.compile: the training forward and backward are compiled (%s)", compile_kwargs)
-        trainer = SimpleTrainer(
-            model, loader, self.optimizer, device=self.device, amp=self.amp,
-            clip_grad=cfg.train.clip_grad, global_batch=self.global_batch, compile=compile_kwargs,
-            grad_accum_steps=self.grad_accum_steps, nonfinite=cfg.train.nonfinite,
-        )
+        kwargs = dict(device=self.device, amp=self.amp, clip_grad=cfg.train.clip_grad, global_batch=self.global_batch,
+                      compile=compile_kwargs, nonfinite=cfg.train.nonfinite)
+        if self.grad_accum_steps > 1:
+            trainer = AccumulatingTrainer(model, loader, self.optimizer, grad_accum_steps=self.grad_accum_steps, **kwargs)
+        else:
+            trainer = SimpleTrainer(model, loader, self.optimizer, **kwargs)
         trainer.register_hooks(self.build_hooks())
         return trainer
 
@@ -374,13 +378,16 @@ class DefaultTrainer:
             loader.load_state_dict(states[comm.get_rank()] if ok else None, start_iter=self.start_iter)
         self.train_loader = loader
         trainer = self.build_trainer(loader)
+        if self.start_iter > 0 and self.trainer_state:  # counts of the resumed run (skipped steps and samples)
+            states = self.trainer_state
+            trainer.load_state_dict(states[comm.get_rank()] if len(states) == comm.get_world_size() else states[0])
         try:
             trainer.train(self.start_iter, cfg.train.max_iter)
         finally:
-            for h in trainer._hooks:
+            for h in trainer.hooks:
                 if isinstance(h, H.PeriodicCheckpointer):
                     h.restore_signals()
-        ev = [h for h in trainer._hooks if isinstance(h, H.EvalHook)]
+        ev = [h for h in trainer.hooks if isinstance(h, H.EvalHook)]
         return ev[0].latest if ev else None
 
 

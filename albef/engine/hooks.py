@@ -2,7 +2,8 @@
 
 The model's own per-step state changes (teacher EMA, queue, temperature clamp) are not a
 hook: :class:`~albef.engine.train_loop.SimpleTrainer` calls ``model.after_step`` once
-after every optimizer step.
+after every optimizer step. Hooks reach the trainer through ``self.trainer`` (a weak
+reference); the trainer lists them in ``trainer.hooks``.
 """
 from __future__ import annotations
 
@@ -166,9 +167,17 @@ class PeriodicCheckpointer(HookBase):
             timed, preempt = bool(flags[0]), bool(flags[1])
         return timed, preempt
 
+    def _state(self, it: int) -> dict[str, Any]:
+        """Saved beside model, optimizer and iteration: every rank's RNG state, every rank's
+        trainer state (skipped-sample and skipped-step counts, continued by ``--resume``) and
+        ``extra(it)`` (collective: every rank calls it)."""
+        rng = gather_rng_states()
+        trainer_state = comm.all_gather_object(self.trainer.state_dict())
+        return {"rng": rng, "trainer_state": trainer_state, **self.extra(it)}
+
     def _save(self, it: int) -> None:
         check_nonfinite(self.trainer)
-        self._fv.step(it, rng=gather_rng_states(), **self.extra(it))
+        self._fv.step(it, **self._state(it))
         self._last_save = time.monotonic()
 
     def _prune(self) -> None:
@@ -188,7 +197,7 @@ class PeriodicCheckpointer(HookBase):
             self._save(it)
         elif timed or preempt:
             check_nonfinite(self.trainer)
-            self.checkpointer.save(f"model_{it:07d}", iteration=it, rng=gather_rng_states(), **self.extra(it))
+            self.checkpointer.save(f"model_{it:07d}", iteration=it, **self._state(it))
             self._last_save = time.monotonic()
             self._prune()
         if preempt and it < self.trainer.max_iter - 1:
