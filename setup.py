@@ -46,6 +46,6 @@ setup(
         # charts and Grad-CAM figures (tools/visualize_gradcam.py)
         "report": ["matplotlib>=3.7"],
         # the tests also draw a Grad-CAM figure through the CLI
-        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "matplotlib>=3.7"],
+        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "matplotlib>=3.7"],
     },
 )

@@ -96,6 +96,7 @@ def test_summary_table_and_chart(tmp_path):
     assert (66, 114, 196) in colours and (237, 125, 49) in colours  # both series' bars were drawn
 
 
+@pytest.mark.slow
 def test_tiny_sweep_through_the_command_line(synthetic_root, tmp_path):
     out = tmp_path / "abl"
     cmd = [sys.executable, os.path.join(REPO, "projects", "ablations", "run_ablation.py"), "--variants", os.path.join(ABL, "itc_mlm_itm_hard_mod.yaml"), os.path.join(ABL, "mlm_itm.yaml"),

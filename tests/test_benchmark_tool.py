@@ -37,6 +37,7 @@ def bench_json(tmp_path, *args: str) -> dict:
     return res
 
 
+@pytest.mark.slow
 def test_train_step(tmp_path):
     res = bench_json(tmp_path, "--batch", "4", "--steps", "2", "--warmup", "1", "--profile-steps", "1")
     assert res["what"] == "train" and res["batch"] == 4 and res["steps"] == 2 and res["amp"] is False
@@ -55,6 +56,7 @@ def test_train_step(tmp_path):
     assert res["hooks"] == ["IterationTimer", "LRScheduler", "AlphaRamp", "PeriodicCheckpointer", "PeriodicWriter"]
 
 
+@pytest.mark.slow
 def test_eval_retrieval(tmp_path):
     res = bench_json(tmp_path, "--what", "eval", "--num-images", "4", "--num-texts", "8", "eval.retrieval.k_test=3")
     e = res["eval"]
@@ -65,6 +67,7 @@ def test_eval_retrieval(tmp_path):
     assert res["overrides"] == ["eval.retrieval.k_test=3"]
 
 
+@pytest.mark.slow
 def test_data_loader(tmp_path):
     res = bench_json(tmp_path, "--what", "data", "--num-images", "8", "--batch", "4", "--steps", "2", "--workers", "0",
                      "--target-pairs-per-s", "1000")
@@ -75,6 +78,7 @@ def test_data_loader(tmp_path):
     assert d["workers_needed_per_gpu"] == math.ceil(1000 / rate)
 
 
+@pytest.mark.slow
 def test_data_loader_json_against_shards(tmp_path):
     res = bench_json(tmp_path, "--what", "data", "--num-images", "16", "--batch", "4", "--steps", "2", "--workers", "0",
                      "--loaders", "json", "shards", "--repeats", "2", "--")
@@ -89,6 +93,7 @@ def test_data_loader_json_against_shards(tmp_path):
     assert c["total_shards_s"] == pytest.approx(c["read_shard_s"] + c["decode_s"] + c["transform_s"] + c["tokenize_s"])
 
 
+@pytest.mark.slow
 def test_compare_interleaves_variants(tmp_path):
     res = bench_json(tmp_path, "--what", "compare", "--batch", "4", "--steps", "6", "--warmup", "1",
                      "--variant", "model.objectives.mlm.logits=all", "--variant", "")
@@ -103,6 +108,7 @@ def test_compare_interleaves_variants(tmp_path):
     assert r.returncode == 2 and "at least two --variant" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_named(tmp_path):
     r = run_bench(["--config-file", TINY, "--what", "nonsense"])
     assert r.returncode == 2 and "nonsense" in r.stderr

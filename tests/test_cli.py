@@ -30,6 +30,7 @@ def base_args(root: str, out: str, *extra: str) -> list[str]:
     return ["--config-file", TINY, f"data.synthetic.root={root}", f"output_dir={out}", *extra]
 
 
+@pytest.mark.slow
 def test_train_end_to_end_writes_everything(synthetic_root, tmp_path):
     out = str(tmp_path / "run")
     r = run_cli(base_args(synthetic_root, out))
@@ -67,6 +68,7 @@ def test_train_end_to_end_writes_everything(synthetic_root, tmp_path):
     assert len(rows) == 2 and all(l.count("%") == 4 for l in rows)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_follows_the_uninterrupted_run(synthetic_root, tmp_path):
     extra = ["train.max_iter=14", "train.checkpoint_period=4", "train.eval_period=7"]
     ref = str(tmp_path / "ref")
@@ -113,6 +115,7 @@ def test_kill_and_resume_follows_the_uninterrupted_run(synthetic_root, tmp_path)
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_two_processes(synthetic_root, tmp_path):
     out = str(tmp_path / "ddp")
     r = run_cli(["--num-gpus", "2", *base_args(synthetic_root, out, "train.max_iter=3", "model.teacher.queue_size=20")], timeout=400)
@@ -128,6 +131,7 @@ def test_two_processes(synthetic_root, tmp_path):
     assert m[2]["pairs_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_eval_only_reproduces_final_numbers(synthetic_root, tmp_path):
     out = str(tmp_path / "ev")
     r = run_cli(base_args(synthetic_root, out, "train.max_iter=2"))
@@ -143,6 +147,7 @@ def test_eval_only_reproduces_final_numbers(synthetic_root, tmp_path):
         assert row[k] == pytest.approx(trained[k])
 
 
+@pytest.mark.slow
 def test_unknown_component_lists_registered_names(synthetic_root, tmp_path):
     r = run_cli(base_args(synthetic_root, str(tmp_path / "x"), "model.objectives.itm.miner.name=HardNegMiner"))
     assert r.returncode == 2
@@ -152,6 +157,7 @@ def test_unknown_component_lists_registered_names(synthetic_root, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_misspelt_key_names_the_closest(synthetic_root, tmp_path):
     r = run_cli(base_args(synthetic_root, str(tmp_path / "x"), "train.max_itr=3"))
     assert r.returncode == 2
@@ -180,6 +186,7 @@ def _own_data(synthetic_root: str, tmp_path) -> tuple[str, str, str]:
     return ann, missing, corrupt
 
 
+@pytest.mark.slow
 def test_own_data_with_bad_files_is_skipped_and_reported(synthetic_root, tmp_path):
     ann, missing, corrupt = _own_data(synthetic_root, tmp_path)
     vocab_dir = str(tmp_path / "vocab")
@@ -201,6 +208,7 @@ def test_own_data_with_bad_files_is_skipped_and_reported(synthetic_root, tmp_pat
     assert "retrieval/r_mean" not in m.get(3, {})  # no test split given
 
 
+@pytest.mark.slow
 def test_own_data_strict_stops_naming_the_file(synthetic_root, tmp_path):
     ann, missing, corrupt = _own_data(synthetic_root, tmp_path)
     r = run_cli([
@@ -212,6 +220,7 @@ def test_own_data_strict_stops_naming_the_file(synthetic_root, tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_own_data_strict_stops_at_the_bad_image(synthetic_root, tmp_path):
     ann, missing, corrupt = _own_data(synthetic_root, tmp_path)
     with open(ann) as f:
@@ -228,12 +237,14 @@ def test_own_data_strict_stops_at_the_bad_image(synthetic_root, tmp_path):
     assert "data.strict=true stops here" in r.stderr
 
 
+@pytest.mark.slow
 def test_interpolation_error_names_the_key(synthetic_root, tmp_path):
     r = run_cli(["--config-file", TINY, "data.synthetic=null", f"output_dir={tmp_path / 'x'}"])
     assert r.returncode == 2
     assert "data.tokenizer" in r.stderr or "data.train" in r.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(synthetic_root, tmp_path):
     out = str(tmp_path / "torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -26,6 +26,10 @@ from albef.evaluation.composition import preference_shares, probe_items
 from conftest import REPO, TINY, run_cli
 
 # the compositional_negatives.yaml project config as one override (its header says so)
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("composition")
+
+
 OVERRIDE = "data.text_negatives={name: CompositionalNegatives, rules: shapes_world, kinds: [relation_flip, object_exchange], rate: 1.0}"
 WORLD = shapes_world_rules(["red", "green", "blue", "yellow", "purple", "orange"], ["circle", "square", "triangle", "cross"])
 
@@ -426,6 +430,7 @@ def _probe(args):
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+@pytest.mark.slow
 def test_probe_tool_on_the_synthetic_split(tiny_checkpoint, synthetic_root, tmp_path):
     r = _probe(["--config-file", TINY, "--weights", os.path.join(tiny_checkpoint, "model_final.pth"),
                 "--test", os.path.join(synthetic_root, "test.json"), "--out", str(tmp_path), f"data.synthetic.root={synthetic_root}"])
@@ -443,6 +448,7 @@ def test_probe_tool_on_the_synthetic_split(tiny_checkpoint, synthetic_root, tmp_
         assert r_k["itm"] == pytest.approx(share)
 
 
+@pytest.mark.slow
 def test_probe_tool_with_user_rules_and_bad_input(tiny_checkpoint, synthetic_root, tmp_path):
     weights = os.path.join(tiny_checkpoint, "model_final.pth")
     with open(os.path.join(synthetic_root, "test.json")) as f:

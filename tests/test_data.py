@@ -582,6 +582,7 @@ def _run_build_vocab(*args):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+@pytest.mark.slow
 def test_build_vocab_tool(tmp_path):
     caps = ["A red square, left of a BLUE circle!", "two big <person> things", "a small-green triangle/below"]
     ann = write_json(tmp_path / "caps.json", [{"image": "x.jpg", "caption": caps[0]}, {"image": "y.jpg", "caption": caps[1:]}])
@@ -600,6 +601,7 @@ def test_build_vocab_tool(tmp_path):
     assert "person" in tok.tokenize(pre_caption(caps[1]))  # preprocessed like training captions
 
 
+@pytest.mark.slow
 def test_build_vocab_tool_missing_file(tmp_path):
     missing = str(tmp_path / "nope.json")
     r = _run_build_vocab("--ann-files", missing, "--out-dir", str(tmp_path / "o"))

@@ -6,6 +6,8 @@ overridden to the tiny synthetic set), and gives exactly the numbers of the same
 loaded from our own checkpoint."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 
@@ -30,6 +32,7 @@ def toy_overrides(root: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_official_retrieval_checkpoint_evaluates_with_the_readme_config(synthetic_root, tmp_path):
     out = str(tmp_path / "train")
     # A retrieval-shaped model of ours (ITC + ITM, no MLM), briefly trained.

@@ -212,6 +212,7 @@ def _run_steps(tiny_cfg, tokenizer, compile_kwargs, steps: int = 3):
     return losses, {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_step_matches_eager_step(tiny_cfg, tokenizer, backend):
     """The whole forward + backward compiled as one graph (no graph break, no recompile as

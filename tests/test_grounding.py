@@ -28,6 +28,10 @@ from albef.modeling.gradcam import (
 )
 
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("grounding")
+
+
 def tiny_model(root, tokenizer, *overrides):
     torch.manual_seed(0)
     return build_model(load_config(TINY, [f"data.synthetic.root={root}", *overrides]), tokenizer).eval()
@@ -210,6 +214,7 @@ def test_refcoco_retrieval_layout_loads_into_the_grounding_model():
 
 
 # --------------------------------------------------------------------------- the visualisation tool
+@pytest.mark.slow
 def test_visualize_gradcam_cli_writes_one_png(synthetic_root, tokenizer, tmp_path):
     import subprocess
     import sys
@@ -264,6 +269,7 @@ def trained_small(tmp_path_factory):
     return trainer.model.eval(), trainer.tokenizer, cfg
 
 
+@pytest.mark.slow
 def test_gradcam_of_a_colour_word_falls_on_the_objects(trained_small):
     """For every test image and each object whose colour is unique in it, the ITM Grad-CAM map
     of that colour word (in the scene's caption) puts most of its mass on the two objects'

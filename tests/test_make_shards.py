@@ -192,6 +192,7 @@ def test_bad_arguments_existing_sets_and_index_reading(data, tmp_path):
             read_index(str(d))
 
 
+@pytest.mark.slow
 def test_command_line(data, tmp_path):
     root, ann, _ = data
     tool = os.path.join(REPO, "tools", "make_shards.py")

@@ -247,6 +247,7 @@ def test_miners_are_vectorised_and_fast(miner_cls, monkeypatch):
     assert not same[torch.arange(b), neg.neg_text_for_image].any()
 
 
+@pytest.mark.slow
 def test_fixed_sampling_temperature_softens_a_sharp_itc_temperature():
     """With temperature=t the miner samples from softmax(cosine / t), whatever the ITC temperature."""
     from albef.modeling.miners.contrastive_hard import ContrastiveHardNegativeMiner

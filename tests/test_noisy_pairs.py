@@ -33,6 +33,10 @@ from albef.modeling.teachers.base import Teacher
 from albef.registry import ComponentError
 
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("noisy_pairs")
+
+
 def _load(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -262,6 +266,7 @@ def _inspect(args, timeout=300):
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_inspect_pseudo_targets_reports_the_teachers_texts(noisy_run, tmp_path):
     """The tool's top texts and weights are the *teacher's*: the checkpoint's EMA text
     projection is replaced by another matrix, and the tool must follow it."""
@@ -327,6 +332,7 @@ def test_inspect_pseudo_targets_reports_the_teachers_texts(noisy_run, tmp_path):
         assert s["chance_names_both_objects"] >= s["chance"] and 0 <= s["top1_names_both_objects"] <= 100
 
 
+@pytest.mark.slow
 def test_inspect_pseudo_targets_bad_input(noisy_run, tmp_path):
     cfgf = os.path.join(noisy_run, "config.yaml")
     r = _inspect(["--config-file", cfgf, "--weights", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")])
@@ -374,6 +380,7 @@ def test_condition_files_become_overrides(tmp_path):
         condition_overrides(str(tmp_path / "b.yaml"))
 
 
+@pytest.mark.slow
 def test_sweep_over_noise_conditions_through_the_command_line(synthetic_root, tmp_path):
     proj = os.path.join(REPO, "projects", "noisy_pairs")
     out = tmp_path / "sweep"
@@ -397,6 +404,7 @@ def test_sweep_over_noise_conditions_through_the_command_line(synthetic_root, tm
     assert (out / "ablation_chart.png").stat().st_size > 5_000
 
 
+@pytest.mark.slow
 def test_a_failing_run_under_jobs_is_reported_and_the_others_recorded(synthetic_root, tmp_path):
     proj = os.path.join(REPO, "projects", "noisy_pairs")
     broken = tmp_path / "broken.yaml"  # loads, then fails in the run: its training file does not exist

@@ -22,6 +22,10 @@ from albef.checkpoint.official import convert_official_to_ours, convert_ours_to_
 from albef.checkpoint.pos_embed import interpolate_pos_embed
 from albef.checkpoint.report import format_report
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("official_checkpoint")
+
+
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "official_tiny")
 OFFICIAL = os.path.join(FIXTURE, "albef_tiny_official.pth")
 CONFIG = os.path.join(REPO, "tests", "configs", "official_tiny.yaml")
@@ -277,6 +281,7 @@ class _RunsCodeOnUnpickling:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_checkpoint_that_runs_code_on_unpickling_is_refused(tmp_path):
     bad, marker = str(tmp_path / "evil.pth"), str(tmp_path / "pwned")
     torch.save({"model": {"temp": torch.tensor(0.07)}, "payload": _RunsCodeOnUnpickling(marker)}, bad)
@@ -425,6 +430,7 @@ def test_tool_safetensors_round_trip(tmp_path, official_sd):
     assert torch.equal(m.state_dict()["temp"], official_sd["temp"])
 
 
+@pytest.mark.slow
 def test_tool_cli_on_the_fixture(tmp_path, official_sd):
     out, official_out = str(tmp_path / "ours.pth"), str(tmp_path / "official.pth")
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -450,6 +456,7 @@ def test_tool_cli_on_the_fixture(tmp_path, official_sd):
     assert r.returncode == 1 and "INCOMPLETE" in r.stdout and not os.path.exists(tmp_path / "y.pth")
 
 
+@pytest.mark.slow
 def test_eval_only_with_an_official_layout_checkpoint(synthetic_root, tmp_path):
     """train_net.py --eval-only model.weights=<official file>: converted on the fly, same numbers as our checkpoint."""
     import json

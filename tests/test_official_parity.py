@@ -24,6 +24,10 @@ from albef.checkpoint.official import (
     ours_to_official_key,
 )
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("official_parity")
+
+
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "official_tiny")
 CONFIG = os.path.join(REPO, "tests", "configs", "official_tiny.yaml")
 OUT_TOL = 1e-5

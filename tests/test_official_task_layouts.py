@@ -14,6 +14,8 @@ numerical parity of the task heads with the computation written against the offi
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import math
 import os
 import re
@@ -291,34 +293,27 @@ def test_vqa_layout_decoder_becomes_the_answer_head():
 
 
 # --------------------------------------------------------------------------- tiny: CLI, strict loads, ours -> official
+@pytest.mark.slow
 def test_cli_converts_tiny_official_task_files_strictly(synthetic_root, tokenizer, tmp_path):
     """tools/convert_albef_checkpoint.py IN OUT --task T --strict --config-file tiny_X.yaml for all
-    four layouts, and OUT loads completely through model.weights. The script runs as
-    ``__main__`` with its own command line, four times in one subprocess (one interpreter
-    start instead of four: the imports dominate); each run's exit status is its own."""
-    files, runs = {}, []
+    four layouts, and OUT loads completely through model.weights. The four command lines
+    run as four subprocesses at once; each run's exit status is its own."""
+    files, procs = {}, {}
     for i, task in enumerate(LAYOUTS):
         src, out = str(tmp_path / f"{task}_official.pth"), str(tmp_path / f"{task}_ours.pth")
         official = tiny_official(task, len(tokenizer), seed=10 + i)
         torch.save({"model": official, "epoch": 4, "config": {"image_res": 32}}, src)
         files[task] = (official, out)
-        runs.append([TOOL, src, out, "--task", task, "--strict", "--config-file", os.path.join(REPO, LAYOUTS[task][2]),
-                     f"data.synthetic.root={synthetic_root}"])
-    driver = (
-        "import runpy, sys\n"
-        f"for argv in {runs!r}:\n"
-        "    sys.argv = argv\n"
-        "    try:\n"
-        "        runpy.run_path(argv[0], run_name='__main__')\n"
-        "        code = 0\n"
-        "    except SystemExit as e:\n"
-        "        code = e.code\n"
-        "    print(f'EXIT {argv[4]} {code}', flush=True)\n"
-    )
-    r = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.findall(r"^EXIT (\S+) (\S+)$", r.stdout, re.M) == [(t, "0") for t in LAYOUTS], (r.stdout[-3000:], r.stderr[-3000:])
+        procs[task] = subprocess.Popen(
+            [sys.executable, TOOL, src, out, "--task", task, "--strict", "--config-file", os.path.join(REPO, LAYOUTS[task][2]),
+             f"data.synthetic.root={synthetic_root}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(tmp_path))
+    stdout = ""
+    for task, proc in procs.items():
+        out_text, err_text = proc.communicate(timeout=300)
+        assert proc.returncode == 0, (task, err_text[-3000:])
+        stdout += out_text
+    r = SimpleNamespace(stdout=stdout)
     for task in LAYOUTS:
         assert f"({task} layout)" in r.stdout
     assert r.stdout.count("-> complete") == 4 and "INCOMPLETE" not in r.stdout

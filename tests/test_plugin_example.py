@@ -77,6 +77,7 @@ needs_install = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_install
 def test_installed_example_trains_through_the_cli_by_override_alone(synthetic_root, tmp_path):
     out = str(tmp_path / "run")

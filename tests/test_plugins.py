@@ -237,6 +237,7 @@ def test_plugin_with_misspelt_registry_is_an_error(fresh_plugins, tmp_path):
 
 
 # ---------------------------------------------------------------------- the command line
+@pytest.mark.slow
 def test_cli_lists_components_and_trains_with_a_discovered_plugin(synthetic_root, tmp_path):
     site = make_dist(tmp_path / "site", "albef-toy", "0.3", {"toy": "albefplug_cli"}, {"albefplug_cli": objective_module("CliToyLoss")})
     env = {"PYTHONPATH": os.pathsep.join([site, os.environ.get("PYTHONPATH", "")])}
@@ -259,6 +260,7 @@ def test_cli_lists_components_and_trains_with_a_discovered_plugin(synthetic_root
     assert "ITCLoss, ITMLoss, MLMLoss" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_a_broken_plugin_cleanly(tmp_path):
     site = make_dist(tmp_path / "site", "albef-broken", "2.1", {"broken": "albefplug_broken_cli"}, {"albefplug_broken_cli": "raise RuntimeError('boom at import')\n"})
     r = run_cli(["--list-components"], env={"PYTHONPATH": site})
@@ -267,6 +269,7 @@ def test_cli_reports_a_broken_plugin_cleanly(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_spawned_processes_load_the_plugins(synthetic_root, tmp_path):
     """--num-gpus 2 spawns fresh interpreters; each must discover the plugin by itself."""
     site = make_dist(tmp_path / "site", "albef-toy", "0.3", {"toy": "albefplug_spawn"}, {"albefplug_spawn": objective_module("SpawnToyLoss")})

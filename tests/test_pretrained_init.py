@@ -119,6 +119,7 @@ def test_vit_init_errors(tmp_path, tiny_cfg, tokenizer):
         build_model(tiny_cfg(f"model.vision_encoder.pretrained={junk}"), tokenizer)
 
 
+@pytest.mark.slow
 def test_cli_missing_init_file_is_a_clear_error(synthetic_root, tmp_path):
     r = run_cli(["--config-file", TINY, f"data.synthetic.root={synthetic_root}", f"output_dir={tmp_path / 'o'}", f"model.vision_encoder.pretrained={tmp_path / 'deit.pth'}"])
     assert r.returncode == 2

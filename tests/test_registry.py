@@ -60,6 +60,7 @@ def test_builtins_registered(family):
         assert get_component(reg, name) is reg.get(name)
 
 
+@pytest.mark.slow
 def test_builtins_registered_in_fresh_process():
     """In a fresh interpreter (as a spawned rank or DataLoader worker starts), importing the
     family's package registers its built-ins by itself."""

@@ -218,6 +218,7 @@ def test_skipped_steps_continue_from_the_checkpoint_after_resume(tiny_cfg):
 
 
 # ---------------------------------------------------------------------------- preemption
+@pytest.mark.slow
 def test_sigterm_checkpoints_exits_0_and_resume_matches_the_uninterrupted_run(synthetic_root, tmp_path):
     extra = ["train.max_iter=60", "train.checkpoint_period=1000", "eval.retrieval=null"]
     ref = str(tmp_path / "ref")
@@ -326,6 +327,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_under_torchrun_train_on_disjoint_data_into_one_queue(synthetic_root, tmp_path):
     """Two torchrun "nodes" of one process each meet at a c10d rendezvous on loopback and
     run the unchanged tools/train_net.py (gloo on the CPU)."""
@@ -364,6 +366,7 @@ def test_two_nodes_under_torchrun_train_on_disjoint_data_into_one_queue(syntheti
     assert (ck["model"]["teacher.queue.idx_queue"][32:] == -100).all()
 
 
+@pytest.mark.slow
 def test_zero_sharded_optimizer_gives_the_losses_of_plain_ddp(synthetic_root, tmp_path):
     runs = {}
     for name, extra in (("ddp", []), ("zero", ["train.optimizer_sharding=zero"])):

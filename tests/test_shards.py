@@ -10,6 +10,10 @@ import torch
 
 from conftest import TINY, run_cli
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("shards")
+
+
 TRANSFORMS = {"image_res": 8, "crop_scale": None, "hflip_prob": 0.0, "randaugment": None, "mean": [0.5] * 3, "std": [0.5] * 3}
 
 
@@ -144,6 +148,7 @@ def test_resume_skips_whole_consumed_shards(tiny_shards, monkeypatch, bufsize):
     assert {f"shard-{i:06d}.tar" for i in ds._epoch_shards(0, 0, 1)[:5]} <= set(opened)  # positions 0-29 read again
 
 
+@pytest.mark.slow
 def test_training_on_shards_through_the_cli_and_resume(synthetic_root, tiny_shards, tmp_path):
     import shutil
 

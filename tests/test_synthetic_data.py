@@ -18,6 +18,10 @@ from albef.data.synthetic import render, shapes
 from albef.data.synthetic.scenes import COLORS, canonical_caption, canonical_scene, scene_captions
 from albef.data.synthetic.shapes import generate_synthetic, synthetic_paths
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("synthetic_data")
+
+
 SMALL = dict(seed=0, image_size=32, num_train_images=50, num_test_groups=5)
 
 _CAPTION_RE = re.compile(
@@ -276,6 +280,7 @@ def test_vocab_tokenises_every_caption_word_whole(small):
 _CONCURRENT = dict(SMALL, num_train_images=300)
 
 
+@pytest.mark.slow
 def test_concurrent_generation(tmp_path):
     parent = tmp_path / "shared"
     parent.mkdir()

@@ -21,6 +21,10 @@ from albef.data.synthetic.shapes import generate_synthetic
 from albef.data.synthetic.tasks import generate, nlvr, ve
 from albef.data.synthetic.tasks.generate import generate_task_data, task_paths
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("synthetic_tasks")
+
+
 TASKS = ("retrieval", "ve", "nlvr")  # the tasks tested here (vqa, grounding: test_synthetic_vqa_grounding.py)
 
 PRETRAIN = dict(seed=0, image_size=32, num_train_images=48, num_test_groups=3, num_colors=5,

@@ -27,6 +27,10 @@ from albef.data.synthetic.tasks.generate import generate_task_data, task_paths
 from albef.metrics.box_iou import box_iou_official
 from albef.metrics.vqa_accuracy import vqa_accuracy
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("synthetic_vqa_grounding")
+
+
 SIZES = {
     "vqa": dict(num_train=12, num_val=4, num_test=5),
     "grounding": dict(num_train=10, num_val=4, num_test=5),

@@ -3,6 +3,8 @@ every task through the real command line, zero-shot evaluation of a pretraining 
 trainers chosen by config, and the packaged configs a plugin can inherit."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import os
 import shutil
@@ -18,6 +20,10 @@ from albef.evaluation.base import format_metrics_table, shard_indices
 from albef.evaluation.classification import ClassificationEvaluator
 
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("task_engine")
+
+
 def read_metrics(path: str) -> dict:
     rows: dict = {}
     with open(path) as f:
@@ -28,19 +34,12 @@ def read_metrics(path: str) -> dict:
 
 
 # --------------------------------------------------------------------------- evaluators
-class _Ctx:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def fused(self, teacher=False):
-        return self.batch["logits"][:, None, :]
-
-
 class _FakeClassifier(nn.Module):
     """The 'prediction' of each sample is carried by the batch: logits = batch['logits']."""
 
-    def context(self, batch):
-        return _Ctx(batch)
+    def context(self, batch, needs=None):
+        assert "fused" in needs  # the evaluator asks for the fused states only
+        return SimpleNamespace(batch=batch, fused=batch["logits"][:, None, :])
 
     def has_head(self, key):
         return key == "cls"
@@ -124,6 +123,7 @@ def _task_args(task, root, out, *extra):
     ("vqa", ["vqa/acc", "vqa_val/acc"], "vqa_val/acc"),
     ("grounding", ["grounding/acc", "grounding/val_acc", "grounding/test_acc", "grounding_itc/val_acc"], "grounding/val_acc"),
 ])
+@pytest.mark.slow
 def test_task_trains_and_evaluates_through_the_cli(task, metrics, best, pretrained, synthetic_root, tmp_path):
     out = str(tmp_path / task)
     r = run_cli(_task_args(task, synthetic_root, out, f"model.weights={pretrained}"))
@@ -147,6 +147,7 @@ def test_task_trains_and_evaluates_through_the_cli(task, metrics, best, pretrain
         assert all(set(r) == {"question_id", "answer"} and isinstance(r["answer"], str) for r in result)
 
 
+@pytest.mark.slow
 def test_ta_step_then_nlvr_from_it(pretrained, synthetic_root, tmp_path):
     ta = str(tmp_path / "ta")
     r = run_cli(_task_args("ta", synthetic_root, ta, f"model.weights={pretrained}"))
@@ -170,6 +171,7 @@ def test_ta_step_then_nlvr_from_it(pretrained, synthetic_root, tmp_path):
     assert sum(int(line.split("|")[5]) for line in forms) == 10  # num_test of tests/configs/tiny_nlvr.yaml
 
 
+@pytest.mark.slow
 def test_zero_shot_retrieval_of_a_pretraining_checkpoint(pretrained, synthetic_root, tmp_path):
     out = str(tmp_path / "zs")
     r = run_cli(["--eval-only", *_task_args("retrieval", synthetic_root, out, f"model.weights={pretrained}")])
@@ -181,6 +183,7 @@ def test_zero_shot_retrieval_of_a_pretraining_checkpoint(pretrained, synthetic_r
     assert not os.path.exists(os.path.join(out, "model_final.pth"))  # nothing trained
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_is_an_error_naming_what(pretrained, synthetic_root, tmp_path):
     r = run_cli(_task_args("ve", synthetic_root, str(tmp_path / "x"), f"model.weights={pretrained}", "model.text_encoder.config.hidden_size=48"))
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -22,6 +22,10 @@ from albef.modeling.heads.classifier import LinearClassifierHead, MLPClassifierH
 from albef.modeling.objectives.classification import ClassificationLoss
 from albef.modeling.objectives.text_assignment import TextAssignmentLoss
 
+# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
+pytestmark = pytest.mark.xdist_group("task_models")
+
+
 CFG = {t: os.path.join(REPO, "tests", "configs", f"tiny_{t}.yaml") for t in ("retrieval", "ve", "nlvr", "ta")}
 
 

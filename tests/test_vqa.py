@@ -283,6 +283,7 @@ def test_paper_vqa_layout_converts_completely_onto_the_vqav2_config():
     assert list(ours) == list(model.state_dict()) and detect_our_task(ours) == "vqa"
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_tiny_official_vqa_decoder_matches_the_transformers_bert_decoder(synthetic_root, tokenizer, tmp_path):
     """An official-layout vqa file (decoder written by transformers' BertLMHeadModel, the

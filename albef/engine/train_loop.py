@@ -355,4 +355,6 @@ class CompiledForward:
         self.compiled = torch.compile(forward, **compile_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any], Any]:
-        return self.compiled({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        losses, out, state = self.compiled({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        # the data side's per-batch counts (a dict in the batch, which the compiled region never sees)
+        return losses, {**out, **(batch.get("stats") or {})}, state

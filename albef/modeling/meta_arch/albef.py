@@ -42,7 +42,7 @@ class ALBEF(ALBEFModel):
     Training ``forward(batch)`` takes ``image`` [B, 3, H, W] (or [B, K, 3, H, W] for
     K images per text), ``input_ids`` and ``attention_mask`` [B, L], and whatever the
     objectives read (``image_id`` [B], ``label`` [B], ...); it returns a dict of weighted
-    scalar losses ``loss_<objective key>``, non-loss statistics (``dropped_*``) that the
+    scalar losses ``loss_<objective key>``, non-loss counts (``dropped_*``, the collator's ``batch["stats"]``) that the
     trainer logs but does not optimise, and ``state``: what :meth:`after_step` needs
     (the momentum features to enqueue).
     """
