@@ -466,3 +466,25 @@ def test_defaults_are_copies():
     d["train"]["lr"] = 123.0
     assert get_default_config_dict()["train"]["lr"] == pytest.approx(1e-4)
     assert load_config(None).train.lr == pytest.approx(1e-4)
+
+
+def _model_configs():
+    """Every config of configs/ and of the projects (not the plugin example's: it needs the
+    plugin installed, and its own test trains with it; not override fragments)."""
+    files = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True))
+    files += sorted(f for f in glob.glob(os.path.join(REPO, "projects", "*", "configs", "*.yaml")) if "plugin_example" not in f)
+    return files
+
+
+@pytest.mark.parametrize("path", _model_configs(), ids=lambda p: os.path.relpath(p, REPO))
+def test_every_config_builds_its_model(path, synthetic_root, tokenizer):
+    """The model of every shipped config builds (on the meta device: shapes, no weights, no
+    downloads; the public-weight initialisation is the checkpoint tests' business)."""
+    import torch
+
+    from albef.modeling import build_model
+
+    cfg = load_config(path, [f"data.synthetic.root={synthetic_root}"])
+    with torch.device("meta"):
+        model = build_model(cfg, tokenizer, public_init=False)
+    assert set(model.objectives) and all(p.is_meta for p in model.parameters())
