@@ -203,7 +203,7 @@ FUSION_REGISTRY = Registry(
     "fusion encoders: ``forward(text [B,L,H], mask [B,L], visual: VisualInput) -> [B,L,H]`` "
     "(``albef.modeling.fusion.visual.VisualInput``: one or more visual token sets with masks)",
 )
-OBJECTIVE_REGISTRY = Registry("OBJECTIVE", "training objectives (losses): ``forward(ctx: StepContext) -> Tensor | dict``")
+OBJECTIVE_REGISTRY = Registry("OBJECTIVE", "training objectives (losses): ``forward(ctx: StepContext, alpha) -> Tensor | dict``, ``needs(distill)``")
 MINER_REGISTRY = Registry("MINER", "ITM negative miners (see ``albef.modeling.miners.base.NegativeMiner``)")
 TEACHER_REGISTRY = Registry("TEACHER", "teachers (see ``albef.modeling.teachers``)")
 DATASET_REGISTRY = Registry("DATASET", "datasets (``data.train`` / ``data.val`` / ``data.test`` nodes)")

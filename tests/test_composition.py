@@ -547,3 +547,34 @@ def test_mlm_fill_in_probe_with_a_head_that_always_says_left(tokenizer):
     share, n = mlm_swap_preference(AlwaysLeft(left), texts, [0, 1, 2, 3, 4], torch.zeros(5, 2, 2), tokenizer, WORLD.rules["relation_flip"], max_tokens=16)
     # probed: the 4 captions with a swappable word; right: the two "left" ones ("above" vs "below" ties at 0 = wrong)
     assert n == 4 and share == 50.0
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_composition_probe_failure_on_rank_0_reaches_every_rank(tokenizer, monkeypatch, rank):
+    """A probe that fails on rank 0 is broadcast as an error: the other ranks raise naming it
+    instead of waiting for metrics that never come."""
+    from albef.evaluation import composition
+    from albef.utils import comm
+
+    class DS:
+        text = ["a red circle left of a blue square"]
+        txt2img = [0]
+        ann_file = None
+
+        def __len__(self):
+            return 1
+
+    def broken(*a, **k):
+        raise ValueError("probe exploded")
+
+    sent = []
+    monkeypatch.setattr(composition, "evaluate_composition", broken)
+    monkeypatch.setattr(comm, "get_rank", lambda: rank)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "broadcast_object", lambda obj, src=0: sent.append(obj) or (obj if rank == 0 else "ValueError: probe exploded"))
+    ev = composition.CompositionEvaluator(dataset=DS(), prefix="composition", loader_fn=lambda ds, bs: [], tokenizer=tokenizer,
+                                          kinds=["relation_flip"], max_tokens=16, balanced=False,
+                                          manifest={"colors": ["red", "blue"], "shapes": ["circle", "square"]})
+    with pytest.raises((ValueError, RuntimeError), match="probe exploded"):
+        ev.evaluate(_WordModel(tokenizer.convert_tokens_to_ids("left")))
+    assert sent == (["ValueError: probe exploded"] if rank == 0 else [None])

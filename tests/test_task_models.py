@@ -393,3 +393,61 @@ def test_bert_public_weights_reach_a_two_image_fusion_through_its_declared_map(t
         assert torch.equal(sd[f"fusion.layer.{j}.output.dense.weight"], ref["bert.encoder.layer.1.output.dense.weight"])
     assert torch.equal(sd["text_encoder.bert.encoder.layer.0.output.dense.weight"], ref["bert.encoder.layer.0.output.dense.weight"])
     assert torch.equal(sd["teacher.model.fusion.layer.1.attention.self.key.weight"], ref["bert.encoder.layer.1.attention.self.key.weight"])
+
+
+# --------------------------------------------------------------------------- the step's encoding order
+def _encoder_order(model, batch):
+    """The order in which the student's and the teacher's encoders and fusion run in ``model(batch)``."""
+    order, hooks = [], []
+    named = {"text": model.text_encoder, "image": model.vision_encoder, "fusion": model.fusion}
+    t = model.teacher.model
+    if t is not None:
+        named.update({"t_text": t.text_encoder, "t_image": t.vision_encoder, "t_fusion": t.fusion})
+    for name, mod in named.items():
+        hooks.append(mod.register_forward_pre_hook(lambda m, a, name=name: order.append(name)))
+    try:
+        model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def test_the_step_encodes_in_the_order_its_objectives_used_to(tiny_cfg, tokenizer, synthetic_root, tmp_path):
+    """Dropout draws its masks in the order the encoders run, so the one-pass context keeps the
+    order of the lazily encoding objectives it replaced: with contrast (pretraining) student
+    image, teacher image and text, student text; for the fused-state objectives (VE) student
+    text, image and fusion, then the teacher's text, image and fusion."""
+    from albef.modeling import build_model
+
+    caps = ["a red circle left of a blue square", "a green triangle above a red square"]
+    enc = tokenizer(caps, padding="longest", return_tensors="pt", return_token_type_ids=False)
+    torch.manual_seed(0)
+    pre = build_model(tiny_cfg(), tokenizer)
+    pre.set_distillation_scale(1.0)
+    batch = {"image": torch.randn(2, 3, 32, 32), "image_id": torch.arange(2), **enc}
+    order = _encoder_order(pre, batch)
+    assert order[:4] == ["image", "t_image", "t_text", "text"], order
+    ve = build_model(_task_cfg("ve", synthetic_root, tmp_path), tokenizer)
+    ve.set_distillation_scale(1.0)
+    order = _encoder_order(ve, {**batch, "label": torch.tensor([0, 2])})
+    assert order == ["text", "image", "fusion", "t_text", "t_image", "t_fusion"], order
+
+
+def test_an_objective_without_an_alpha_argument_is_refused_with_the_convention(tiny_cfg, tokenizer):
+    """forward(ctx) is the calling convention before the redesign: building such an objective
+    names the key and says how objectives are called now."""
+    from albef.modeling import build_model
+    from albef.modeling.objectives.base import Objective
+    from albef.registry import OBJECTIVE_REGISTRY, ComponentError
+
+    class OldStyleLoss(Objective):
+        def forward(self, ctx):
+            return ctx.text_embeds.sum()
+
+    OBJECTIVE_REGISTRY.register()(OldStyleLoss)
+    try:
+        with pytest.raises(ComponentError, match=r"model.objectives.old: OldStyleLoss.forward takes no alpha.*forward\(ctx, alpha\)"):
+            build_model(tiny_cfg("model.objectives.old={name: OldStyleLoss}"), tokenizer)
+    finally:
+        OBJECTIVE_REGISTRY.unregister("OldStyleLoss")

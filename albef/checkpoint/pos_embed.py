@@ -37,5 +37,5 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, num_patches_new: int, num_ext
         raise ValueError(f"position embeddings need square patch grids: {n_old} -> {num_patches_new} patches")
     return resample_abs_pos_embed(
         pos_embed, [new, new], old_size=[old, old], num_prefix_tokens=num_extra_tokens,
-        interpolation="bicubic", antialias=False, align_corners=False,
+        interpolation="bicubic", antialias=False,  # F.interpolate's align_corners=False for bicubic (older timm has no such keyword)
     )

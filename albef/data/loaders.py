@@ -55,6 +55,8 @@ def ignore_preemption_signals(worker_id: int) -> None:
     (threads started later inherit the mask) and a thread takes it.
     """
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: there a group-wide SIGTERM still stops the workers
+        return
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="sigterm-from-parent", daemon=True).start()
@@ -73,6 +75,9 @@ def preemption_signals_blocked():
     worker inherits the mask, so a signal that arrives before its ``worker_init_fn``
     (:func:`ignore_preemption_signals`) runs waits instead of killing it. This process gets
     its own signal when the block is lifted."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
     try:
         yield

@@ -240,11 +240,19 @@ class CompositionEvaluator(Evaluator):
         # The probe is not split across ranks: rank 0 runs it once and every rank returns its
         # metrics (as the other evaluators' all-reduced ones, the same everywhere); ``last``
         # (the per-question rows) is kept on rank 0 only.
+        # A failure on rank 0 is broadcast too, so the other ranks raise instead of waiting.
         if not comm.is_main_process():
-            return comm.broadcast_object(None)
-        res = evaluate_composition(model, self.dataset, self.loader_fn(self.dataset, self.batch_size), self.tokenizer, self.edits,
-                                   kinds=self.kinds, max_tokens=self.max_tokens, device=self.device, amp=self.amp,
-                                   tokenization=self.tokenization, head=self.head, balanced=self.balanced)
+            out = comm.broadcast_object(None)
+            if isinstance(out, str):
+                raise RuntimeError(f"eval.{self.prefix}: the composition probe failed on rank 0: {out}")
+            return out
+        try:
+            res = evaluate_composition(model, self.dataset, self.loader_fn(self.dataset, self.batch_size), self.tokenizer, self.edits,
+                                       kinds=self.kinds, max_tokens=self.max_tokens, device=self.device, amp=self.amp,
+                                       tokenization=self.tokenization, head=self.head, balanced=self.balanced)
+        except Exception as e:
+            comm.broadcast_object(f"{type(e).__name__}: {e}")
+            raise
         self.last = res
         out: dict[str, float] = {}
         for kind, r in res["kinds"].items():

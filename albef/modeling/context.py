@@ -57,7 +57,7 @@ class StepContext:
         per text, [B, K, 3, H, W]: NLVR2).
     visual: the images as fusion input (one token set, or K), with the fusion's
         cross-attention keys/values attached when an objective fuses (computed once per
-        image, shared by every pair it is fused in); None when no objective fuses.
+        image, shared by every pair it is fused in); None without images.
     fused [B, L, H]: the batch's texts fused with their own images, when an objective asks.
     temp: the 0-d learnable temperature (None without projections).
     teacher: the momentum teacher's encodings of the batch (features + queue, and its

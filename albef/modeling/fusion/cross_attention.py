@@ -266,12 +266,16 @@ class CrossAttentionFusion(nn.Module):
         x = text_embeds
         for i, layer in enumerate(self.layer):
             # layer i attends to image i % K, with its keys/values gathered per pair when they were cached
-            args = (x, text_mask, visual.tokens[i % k], visual.masks[i % k], None if kv is None else kv.layer(i))
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(layer, *args, use_reentrant=False)
+                # the per-pair gather of the cached keys/values happens inside, so it is recomputed, not kept
+                x = checkpoint(self._checkpointed_layer, i, x, text_mask, visual, kv, use_reentrant=False)
             else:
-                x = layer(*args)
+                x = layer(x, text_mask, visual.tokens[i % k], visual.masks[i % k], None if kv is None else kv.layer(i))
         return x
+
+    def _checkpointed_layer(self, i: int, x: torch.Tensor, text_mask: torch.Tensor, visual: VisualInput, kv: CrossKV | None) -> torch.Tensor:
+        k = visual.num_sets
+        return self.layer[i](x, text_mask, visual.tokens[i % k], visual.masks[i % k], None if kv is None else kv.layer(i))
 
     def _owners(self) -> tuple:
         return tuple(layer.crossattention.self for layer in self.layer)

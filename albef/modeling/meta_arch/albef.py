@@ -20,6 +20,7 @@ which the trainer calls once after the optimizer step.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Mapping, Sequence
 
@@ -73,6 +74,14 @@ class ALBEF(ALBEFModel):
                 f"the objectives use head(s) {missing} but model.heads has no such key(s) "
                 f"(configured heads: {sorted(self.heads) or 'none'})"
             )
+        for key, obj in self.objectives.items():  # the calling convention: forward(ctx, alpha)
+            params = inspect.signature(obj.forward).parameters.values()
+            if sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params) < 2:
+                raise ComponentError(
+                    f"model.objectives.{key}: {type(obj).__name__}.forward takes no alpha; objectives are called as "
+                    f"forward(ctx, alpha) (alpha: this step's distillation weight, None = do not distil) and name what they "
+                    f"read of the StepContext in needs(distill) (see albef.modeling.objectives.base.NEEDS)"
+                )
         self.teacher = teacher
         self.teacher.attach(self, self.momentum_paths())
         for key, obj in self.objectives.items():  # an objective's own alpha > 0 must have something to distil from
@@ -224,29 +233,33 @@ class ALBEF(ALBEFModel):
 
         ``needs`` (see :data:`albef.modeling.objectives.base.NEEDS`): what to compute beyond
         the student's encodings of the batch's texts and images; default: what this step's
-        objectives need. The order of the encoders is the order the objectives used to
-        call them in (student image, teacher, student text), so dropout draws its masks
-        in the same order.
+        objectives need. The encoders run in the order the objectives used to call them in,
+        so dropout draws its masks in the same order: with contrast (ITC/ITM) student image,
+        teacher, student text; for the fused-state objectives (VE, NLVR2, VQA) student text,
+        image and fused states, then the teacher's.
         """
         if needs is None:
             needs = self.objective_needs(self.objective_alphas())
         image, ids, mask = batch.get("image"), batch["input_ids"], batch["attention_mask"]
+        contrast = "contrastive" in needs
+        teacher_needs = dict(contrastive=contrast, visual="teacher_visual" in needs, fused="teacher_fused" in needs)
+        teacher = text_embeds = text_feat = None
+        if "fused" in needs and not contrast:  # the fused-state objectives read the text first
+            text_embeds, text_feat = encoding.encode_text(self, ids, mask)
         visual, image_embeds, image_feat = encoding.encode_images(self, image) if image is not None else (None, None, None)
-        teacher, text_embeds = None, None
-        if needs & {"contrastive", "teacher_visual", "teacher_fused"}:
-            if "contrastive" in needs and image_feat is None:
+        if contrast:
+            if image_feat is None:
                 raise ValueError("contrastive objectives need one image per text ([B, 3, H, W]) and projections (model.embed_dim)")
-            text_feat = None
             if self.teacher.model is None:  # no EMA model: the teacher contrasts against the online text feature
                 text_embeds, text_feat = encoding.encode_text(self, ids, mask)
-            teacher = self.teacher.encode(
-                batch, contrastive="contrastive" in needs, visual="teacher_visual" in needs, fused="teacher_fused" in needs,
-                image_feat=image_feat, text_feat=text_feat,
-            )
+            teacher = self.teacher.encode(batch, **teacher_needs, image_feat=image_feat, text_feat=text_feat)
         if text_embeds is None:
             text_embeds, text_feat = encoding.encode_text(self, ids, mask)
         if visual is not None and needs & {"visual", "fused"}:
             visual = encoding.prepare_visual(self.fusion, visual)
+        fused = self.fusion(text_embeds, mask, visual) if "fused" in needs else None
+        if teacher is None and (teacher_needs["visual"] or teacher_needs["fused"]):
+            teacher = self.teacher.encode(batch, **teacher_needs)
         negatives = None
         neg_ids = batch.get("text_neg_input_ids")
         if neg_ids is not None and "text_negatives" in needs:
@@ -258,7 +271,7 @@ class ALBEF(ALBEFModel):
             negatives = TextNegatives(neg_hidden, neg_mask, neg_feat, batch["text_neg_valid"].bool())
         return StepContext(
             batch, text_embeds=text_embeds, text_feat=text_feat, image_embeds=image_embeds, image_feat=image_feat, visual=visual,
-            fused=self.fusion(text_embeds, mask, visual) if "fused" in needs else None,
+            fused=fused,
             temp=self.temp, teacher=teacher, text_negatives=negatives,
             text_encoder=self.text_encoder, fusion=self.fusion, heads=self.heads,
         )

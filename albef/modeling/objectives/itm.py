@@ -58,6 +58,7 @@ class ITMLoss(Objective):
             return self.miner(ctx.sim_i2t[:, :b].detach(), ctx.sim_t2i[:, :b].detach(), ctx.image_ids, temp=ctx.temp)
 
     def needs(self, distill: bool) -> frozenset[str]:
+        # the teacher's contrast even when a batch pins its negatives (needs cannot see the batch)
         return frozenset({"contrastive", "visual", "text_negatives"} if self.text_negatives else {"contrastive", "visual"})
 
     def forward(self, ctx: StepContext, alpha: float | torch.Tensor | None = None) -> torch.Tensor:

@@ -223,7 +223,10 @@ class Teacher(nn.Module):
         batch's pairs. ``image_feat`` / ``text_feat``: the student's features [B, E] (a
         teacher without an EMA model contrasts against them).
         """
-        raise NotImplementedError(f"{type(self).__name__} computes nothing for a step")
+        raise NotImplementedError(
+            f"{type(self).__name__} computes nothing for a step: a teacher implements encode(batch, ...) -> TeacherOutput "
+            "(this replaces the former contrastive(ctx))"
+        )
 
     def enqueue(self, state: dict[str, torch.Tensor]) -> None:
         """Store the momentum features of the last step (called after the optimizer step)."""

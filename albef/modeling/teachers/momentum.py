@@ -40,11 +40,13 @@ class MomentumTeacher(Teacher):
     def encode(self, batch, *, contrastive=True, visual=False, fused=False, image_feat=None, text_feat=None) -> TeacherOutput:
         m = self.model
         mask = batch["attention_mask"]
+        text_first = fused and not contrastive  # the order the fused-state objectives (VE, NLVR2, VQA) encoded in
+        if text_first:
+            text_embeds_m, text_feat_m = encode_text(m, batch["input_ids"], mask)
         vis, _, image_feat_m = encode_images(m, batch["image"])
         out = TeacherOutput(modules=m)
-        if contrastive or fused:
-            text_embeds_m, text_feat_m = encode_text(m, batch["input_ids"], mask)
         if contrastive:
+            text_embeds_m, text_feat_m = encode_text(m, batch["input_ids"], mask)
             idx = batch.get("image_id")
             out.image_feat_m, out.text_feat_m = image_feat_m, text_feat_m
             if self.queue is None:
