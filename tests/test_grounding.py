@@ -11,7 +11,7 @@ import torch
 from conftest import REPO, TINY, write_json
 
 from albef.config import load_config
-from albef.data.datasets.base import DataError
+from albef.data.files import DataError
 from albef.data.datasets.grounding import GroundingEvalJSON, read_refs
 from albef.data.tokenization import tokenize
 from albef.evaluation.grounding import GroundingEvaluator
@@ -287,7 +287,7 @@ def test_gradcam_of_a_colour_word_falls_on_the_objects(trained_small):
 
     from omegaconf import OmegaConf
 
-    from albef.data.datasets.base import load_image
+    from albef.data.files import load_image
     from albef.data.synthetic.scenes import canonical_caption
     from albef.data.transforms import build_transforms
     from albef.modeling.gradcam import box_mass

@@ -153,7 +153,7 @@ def test_resize_keeps_aspect_and_any_worker_count_writes_the_same_bytes(data, tm
 
 
 def test_bad_arguments_existing_sets_and_index_reading(data, tmp_path):
-    from albef.data.datasets.base import DataError
+    from albef.data.files import DataError
     from albef.data.shards import make_shards, read_index
 
     root, ann, anns = data
@@ -209,7 +209,7 @@ def test_command_line(data, tmp_path):
     assert not os.path.exists(tmp_path / "other" / "index.json")
     # a second run into the same directory, through the library function the tool calls (a third interpreter
     # start would double the time): the errors the tool prints name the index and the flag
-    from albef.data.datasets.base import DataError
+    from albef.data.files import DataError
     from albef.data.shards import make_shards
 
     with pytest.raises(DataError) as ei:

@@ -2,6 +2,10 @@
 provenance) and the config-node builder (albef.registry)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -327,3 +331,16 @@ def test_a_name_registered_twice_is_an_error_naming_both_providers():
             reg.unregister("W")
     finally:
         del ALL_REGISTRIES["_test_clash"]
+
+
+def test_importing_the_datasets_package_registers_every_built_in_dataset():
+    """A family's package registers its built-ins on import, the shard reader included (its
+    file helpers live in albef.data.files, outside the package, so no import circle keeps it out)."""
+    code = ("import albef.data.datasets\nfrom albef.registry import DATASET_REGISTRY\n"
+            "print(sorted(name for name, _ in DATASET_REGISTRY))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, ALBEF_PLUGINS="none"))
+    assert out.returncode == 0, out.stderr
+    names = eval(out.stdout)
+    assert {"PretrainJSON", "WebDatasetPretrain", "RetrievalEvalJSON", "VisualEntailmentJSON", "NLVR2JSON", "VQAJSON",
+            "GroundingEvalJSON"} <= set(names)

@@ -386,7 +386,7 @@ def test_zero_sharded_optimizer_gives_the_losses_of_plain_ddp(synthetic_root, tm
 
 def test_resume_position_counts_accumulated_micro_batches(tiny_cfg):
     from albef.data.build import build_train_sampler
-    from albef.data.datasets.base import DataError  # noqa: F401  (the data layer imports cleanly)
+    from albef.data.files import DataError  # noqa: F401  (the data layer imports cleanly)
 
     cfg = tiny_cfg("train.grad_accum_steps=2")
     s = build_train_sampler(cfg, list(range(48)), start_iter=3)

@@ -16,7 +16,7 @@ from conftest import REPO, write_json
 
 from albef.config import load_config
 from albef.data.collate import VQACollator
-from albef.data.datasets.base import DataError
+from albef.data.files import DataError
 from albef.data.datasets.vqa import VQAJSON
 from albef.evaluation.vqa import normalize_answer, vqa_accuracy
 from albef.modeling import build_model

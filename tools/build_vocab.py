@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from albef.data.datasets.base import DataError  # noqa: E402
+from albef.data.files import DataError  # noqa: E402
 from albef.data.vocab import build_wordpiece_vocab  # noqa: E402
 
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from albef.config import load_config
-    from albef.data.datasets.base import load_image
+    from albef.data.files import load_image
     from albef.modeling.build import build_model_from_weights
     from albef.utils.visualization import gradcam_png
 

@@ -57,7 +57,7 @@ def per_sample_costs(ann: str, shard_dir: str | None, dataset, tokenizer, max_to
 
     from PIL import Image
 
-    from albef.data.datasets.base import sample_rng
+    from albef.data.files import sample_rng
     from albef.data.tokenization import tokenize
 
     entries = json.load(open(ann))[:n]

@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from albef import plugins  # noqa: F401
 from albef.config import runtime
 from albef.data import collate, compositional_negatives, datasets, loaders  # noqa: F401
-from albef.data.datasets import webdataset_pretrain  # noqa: F401  (not in the package's __init__: see there)
-from albef.data.datasets.base import DataError
+from albef.data.files import DataError
 from albef.data.samplers import InfiniteSampler
 from albef.registry import COLLATOR_REGISTRY, DATASET_REGISTRY, LOADER_REGISTRY, TEXT_NEGATIVES_REGISTRY, ComponentError, build_component
 from albef.utils import comm

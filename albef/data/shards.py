@@ -36,7 +36,7 @@ import os
 import sys
 from typing import Any, Iterator, Sequence
 
-from albef.data.datasets.base import DataError, captions_of, read_json, read_json_list, resolve_image_path
+from albef.data.files import DataError, captions_of, read_json, read_json_list, resolve_image_path
 from albef.data.text import pre_caption
 from albef.utils.file_io import PathManager
 

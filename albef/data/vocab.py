@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
-from albef.data.datasets.base import DataError, captions_of, read_json_list
+from albef.data.files import DataError, captions_of, read_json_list
 from albef.data.text import pre_caption
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

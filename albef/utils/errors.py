@@ -5,7 +5,7 @@ import sys
 
 from albef.checkpoint.checkpointer import CheckpointMismatchError
 from albef.config.loader import ConfigError
-from albef.data.datasets.base import DataError
+from albef.data.files import DataError
 from albef.data.tokenization import TokenizerError
 from albef.plugins.manager import PluginError
 from albef.registry import ComponentError

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from albef.config import load_config
     from albef.data.caption_edits import EditRulesError, load_edit_rules
-    from albef.data.datasets.base import DataError
+    from albef.data.files import DataError
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
     from albef.evaluation.composition import evaluate_composition, world_manifest
     from albef.modeling.build import build_model_from_weights

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from albef.config import load_config
     from albef.data.build import prepare_synthetic
-    from albef.data.datasets.base import DataError
+    from albef.data.files import DataError
     from albef.data.datasets.retrieval_eval import RetrievalEvalJSON
     from albef.data.text import pre_caption
     from albef.evaluation.retrieval import encode_images, encode_texts

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from albef.config import load_config
-    from albef.data.datasets.base import read_json_list
+    from albef.data.files import read_json_list
     from albef.data.text import pre_caption
     from albef.evaluation.retrieval import encode_texts
     from albef.modeling.build import build_model_from_weights

@@ -1,10 +1,5 @@
-"""Datasets; importing the package registers the built-ins (DATASET_REGISTRY).
-
-``webdataset_pretrain`` is the exception, registered by :mod:`albef.data.build`, which
-imports it: it reads shards through :mod:`albef.data.shards`, which imports this
-package's ``base`` (and so this ``__init__``) -- importing it here would close an import
-circle. It can join the others once the file helpers that ``shards`` uses leave ``base``.
-"""
+"""Datasets; importing the package registers the built-ins (DATASET_REGISTRY). The file
+helpers they share (JSON and image reading, :class:`DataError`) are :mod:`albef.data.files`."""
 from albef.data.datasets import (  # noqa: F401  (register)
     grounding,
     nlvr2,
@@ -12,7 +7,8 @@ from albef.data.datasets import (  # noqa: F401  (register)
     retrieval_eval,
     visual_entailment,
     vqa,
+    webdataset_pretrain,
 )
-from albef.data.datasets.base import DataError
+from albef.data.files import DataError
 
 __all__ = ["DataError"]

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from albef.data.datasets.base import DataError, load_image, read_json_list, sample_rng
+from albef.data.files import DataError, load_image, read_json_list, sample_rng
 from albef.data.transforms import PairedHorizontalFlip, build_transforms
 
 logger = logging.getLogger("albef.data")

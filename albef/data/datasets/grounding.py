@@ -20,7 +20,7 @@ import pickle
 from typing import Any, Sequence
 
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
-from albef.data.datasets.base import DataError, read_json, resolve_image_path
+from albef.data.files import DataError, read_json, resolve_image_path
 from albef.data.text import pre_caption
 from albef.registry import DATASET_REGISTRY
 from albef.utils.file_io import PathManager

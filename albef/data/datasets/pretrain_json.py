@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
-from albef.data.datasets.base import (
+from albef.data.files import (
     DataError,
     captions_of,
     load_image,

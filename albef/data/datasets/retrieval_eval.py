@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from albef.data.datasets.base import DataError, captions_of, load_image, read_json_list, resolve_image_path
+from albef.data.files import DataError, captions_of, load_image, read_json_list, resolve_image_path
 from albef.data.text import pre_caption
 from albef.data.transforms import build_transforms
 from albef.registry import DATASET_REGISTRY

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
-from albef.data.datasets.base import DataError, resolve_image_path
+from albef.data.files import DataError, resolve_image_path
 from albef.data.text import pre_caption
 from albef.registry import DATASET_REGISTRY
 

@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from albef.data.datasets.annotated import AnnotatedImageTextDataset
-from albef.data.datasets.base import DataError, read_json_list, resolve_image_path
+from albef.data.files import DataError, read_json_list, resolve_image_path
 from albef.data.text import pre_question
 from albef.registry import DATASET_REGISTRY
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from albef.data.datasets.base import DataError, decode_image, sample_rng
+from albef.data.files import DataError, decode_image, sample_rng
 from albef.data.stream_shuffle import buffer_shuffle, replay_shuffle
 from albef.data.text import pre_caption
 from albef.data.transforms import PairedHorizontalFlip, build_transforms

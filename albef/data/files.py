@@ -1,5 +1,5 @@
-"""Shared pieces of the JSON datasets: reading annotation files, loading images with
-clear errors, and deterministic per-sample randomness."""
+"""Files the datasets and the shard tools share: annotation JSON read with errors naming the
+file, image paths and decoding with clear errors, captions, deterministic per-sample randomness."""
 from __future__ import annotations
 
 import json
