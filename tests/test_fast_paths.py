@@ -259,3 +259,21 @@ def test_padding_and_loader_settings_from_config(tiny_cfg, tokenizer):
         runtime.pad_to_max(tiny_cfg("data.padding=bucket"))
     with pytest.raises(ValueError, match="train.compile"):
         runtime.compile_enabled(tiny_cfg("train.compile=maybe"))
+
+
+def test_compiled_forward_sees_the_collators_counts():
+    """The compiled step receives the batch's tensors and its dict of per-batch counts (so
+    ``text_negatives_*`` are logged under ``train.compile`` too), never its lists and strings."""
+    from albef.engine.train_loop import CompiledForward
+
+    seen = {}
+
+    def forward(batch):
+        seen.update(batch)
+        return batch["x"].sum(), dict(batch.get("stats") or {}), None
+
+    fwd = CompiledForward(forward, backend="eager")
+    stats = {"text_negatives_no_rule": torch.tensor(2)}
+    losses, out, _ = fwd({"x": torch.ones(3), "stats": stats, "skipped": ["a.jpg"], "caption": "a red circle"})
+    assert float(losses) == 3.0 and int(out["text_negatives_no_rule"]) == 2
+    assert set(seen) == {"x", "stats"}

@@ -237,19 +237,24 @@ class DefaultTrainer:
 
     def build_evaluators(self) -> dict[str, Evaluator]:
         """Every ``eval.<key>`` whose split exists, checked against the model before any training."""
+        return self.build_evaluators_for(self.cfg, self.model, self.tokenizer, self.device, self.amp)
+
+    @classmethod
+    def build_evaluators_for(cls, cfg: DictConfig, model: torch.nn.Module, tokenizer: Any, device: torch.device, amp: bool) -> dict[str, Evaluator]:
+        """:meth:`build_evaluators` for a model built outside a trainer (analysis scripts)."""
         out: dict[str, Evaluator] = {}
         datasets: dict[str, Any] = {}
-        for key, node in (self.cfg.eval or {}).items():
+        for key, node in (cfg.eval or {}).items():
             if node is None:
                 continue
             split = node.get("split", "test")
             if split not in datasets:
-                datasets[split] = self.build_test_dataset(self.cfg, split)
+                datasets[split] = cls.build_test_dataset(cfg, split)
             if datasets[split] is None:
                 logger.info("eval.%s: data.%s is null, nothing to evaluate", key, split)
                 continue
-            ev = self.build_evaluator(self.cfg, key, datasets[split], self.tokenizer, self.device, self.amp)
-            ev.check(self.model)  # e.g. re-ranking without an ITM head: say so now, not after training
+            ev = cls.build_evaluator(cfg, key, datasets[split], tokenizer, device, amp)
+            ev.check(model)  # e.g. re-ranking without an ITM head: say so now, not after training
             out[key] = ev
         return out
 

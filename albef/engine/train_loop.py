@@ -343,8 +343,8 @@ def _reduce(key: str, values: list) -> Any:
 class CompiledForward:
     """``torch.compile`` of a step's forward (:meth:`SimpleTrainer.forward_losses`: model,
     objectives, teacher and loss sum as one region, whose backward AOTAutograd compiles too).
-    Called with a batch, it passes on the batch's tensors only: strings and lists would be
-    guarded on and recompile every batch. ``eager`` is the uncompiled forward."""
+    Called with a batch, it passes on the batch's tensors (and dicts of tensors) only: strings
+    and lists would be guarded on and recompile every batch. ``eager`` is the uncompiled forward."""
 
     def __init__(self, forward: Any, **compile_kwargs: Any):
         # Masked-only MLM gathers a data-dependent number of positions (nonzero): traced
@@ -355,6 +355,11 @@ class CompiledForward:
         self.compiled = torch.compile(forward, **compile_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any], Any]:
-        losses, out, state = self.compiled({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
-        # the data side's per-batch counts (a dict in the batch, which the compiled region never sees)
-        return losses, {**out, **(batch.get("stats") or {})}, state
+        return self.compiled({k: v for k, v in batch.items() if _tensors_only(v)})
+
+
+def _tensors_only(value: Any) -> bool:
+    """A tensor, or a dict of tensors (the collator's per-batch counts, ``batch["stats"]``)."""
+    if isinstance(value, dict):
+        return all(isinstance(v, torch.Tensor) for v in value.values())
+    return isinstance(value, torch.Tensor)

@@ -53,15 +53,4 @@ def build_evaluators(run: Run) -> dict:
     """Every ``eval.<key>`` of the run whose split exists: ``{key: Evaluator}``, in config order."""
     from albef.engine.defaults import trainer_class
 
-    cls = trainer_class(run.cfg)
-    out, datasets = {}, {}
-    for key, node in (run.cfg.eval or {}).items():
-        if node is None:
-            continue
-        split = node.get("split", "test")
-        if split not in datasets:
-            datasets[split] = cls.build_test_dataset(run.cfg, split)
-        if datasets[split] is not None:
-            out[key] = ev = cls.build_evaluator(run.cfg, key, datasets[split], run.tokenizer, run.device, run.amp)
-            ev.check(run.model)  # as training checks it: e.g. re-ranking without an ITM head
-    return out
+    return trainer_class(run.cfg).build_evaluators_for(run.cfg, run.model, run.tokenizer, run.device, run.amp)
