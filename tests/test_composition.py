@@ -11,6 +11,9 @@ import sys
 import pytest
 import torch
 
+from albef.modeling.fusion.visual import VisualInput
+from albef.modeling.inference import InferenceMixin
+
 from albef.data.caption_edits import (
     EditRulesError,
     PhrasePattern,
@@ -316,8 +319,9 @@ def test_probe_arithmetic_on_a_known_case():
     assert len(items) == 8
 
 
-class _WordModel(torch.nn.Module):
-    """ITM logit = +1 if the text has token ``good`` else -1; ITC feature likewise: a known answer."""
+class _WordModel(InferenceMixin, torch.nn.Module):
+    """ITM logit = +1 if the text has token ``good`` else -1; ITC feature likewise: a known answer.
+    (The evaluators score through the inference methods of :class:`InferenceMixin`.)"""
 
     def __init__(self, good: int):
         super().__init__()
@@ -335,6 +339,9 @@ class _WordModel(torch.nn.Module):
 
     def fuse(self, text, mask, visual):
         return text
+
+    def prepare_visual(self, visual):
+        return VisualInput.of(visual)
 
     def has_head(self, key):
         return True

@@ -225,14 +225,21 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     return out
 
 
-def load_config(path: str | None = None, overrides: Iterable[str] = ()) -> DictConfig:
-    """Defaults, then ``path`` with its ``_base_`` chain, then ``overrides``.
+def load_config(path: str | None = None, overrides: Iterable[str] = (), *, text: str | None = None) -> DictConfig:
+    """Defaults, then ``path`` with its ``_base_`` chain (or the YAML ``text``, e.g. the config a
+    checkpoint carries, named ``path`` in errors), then ``overrides``.
 
     Returns a read-only-structured :class:`DictConfig` (struct mode: reading or
     writing a missing key raises).
     """
     cfg = get_default_config_dict()
-    if path is not None:
+    if text is not None:
+        layer = yaml_load(text)
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path or 'config text'}: the config is not a YAML mapping")
+        layer.pop("_base_", None)
+        merge_layer(cfg, layer, path or "config text")
+    elif path is not None:
         for source, layer in _file_layers(path):
             merge_layer(cfg, layer, source)
     overrides = list(overrides)

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Subset
 
+from albef.data.preprocess import TextBatch
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
 from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
@@ -60,7 +61,7 @@ class ClassificationEvaluator(Evaluator):
     def predict(self, model, batch: dict[str, Any]) -> torch.Tensor:
         """Logits [B, C] of ``batch`` (already on the device)."""
         with self.autocast():
-            return model.head(self.head)(model.context(batch, {"fused"}).fused[:, 0]).float()
+            return model.classify_logits(batch["image"], TextBatch(batch["input_ids"], batch["attention_mask"]), self.head)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:

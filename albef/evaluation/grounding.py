@@ -9,7 +9,8 @@ from torch.utils.data import Subset
 
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
 from albef.metrics.box_iou import box_iou_inclusive
-from albef.modeling.gradcam import box_scores, itc_gradcam, itm_gradcam, upsample_map
+from albef.data.preprocess import TextBatch
+from albef.modeling.gradcam import box_scores, upsample_map
 from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
@@ -80,10 +81,9 @@ class GroundingEvaluator(Evaluator):
 
     def heat_maps(self, model, batch: dict[str, Any]) -> torch.Tensor:
         """[B, gh, gw] sentence maps of the batch (tensors on the device)."""
+        text = TextBatch(batch["input_ids"], batch["attention_mask"])
         with self.autocast():
-            if self.gradcam == "itm":
-                return itm_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], self.layer, self.head).sentence
-            return itc_gradcam(model, batch["image"], batch["input_ids"], batch["attention_mask"], self.block).sentence
+            return model.gradcam(batch["image"], text, mode=self.gradcam, layer=self.layer, block=self.block, head=self.head).sentence
 
     def hit(self, heat: torch.Tensor, i: int) -> bool:
         """Whether the heat map [gh, gw] of dataset entry ``i`` picks a correct box: upsampled to

@@ -18,7 +18,6 @@ import torch
 
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn
-from albef.modeling.fusion.visual import VisualInput
 from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
@@ -52,35 +51,16 @@ def retrieval_metrics(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, txt2im
 
 
 def itm_scores(model, head: str, text_embeds: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
-    """Matched-class ITM logit [N] for N (text, image) pairs: ``model.head(head)`` on the fused [CLS]."""
-    return model.head(head)(model.fuse(text_embeds, text_mask, image_embeds)[:, 0])[:, 1].float()
-
-
-def _visual_of(model, image_embeds: torch.Tensor) -> VisualInput:
-    prepare = getattr(model, "prepare_visual", None)
-    return prepare(image_embeds) if callable(prepare) else VisualInput.of(image_embeds)
+    """Matched-class ITM logit [N] for N (text, image) pairs (``model.itm_logits``)."""
+    return model.itm_logits(text_embeds, text_mask, image_embeds, head)[:, 1]
 
 
 @torch.no_grad()
 def pair_itm_logits(model, head: str, t_idx: torch.Tensor, i_idx: torch.Tensor, text_embeds, text_mask, image_embeds, pair_batch: int, autocast) -> torch.Tensor:
-    """ITM match logits [P] of the P pairs (text ``t_idx[p]``, image ``i_idx[p]``).
-
-    Pairs are processed grouped by image, ``pair_batch`` per fusion forward: the
-    cross-attention keys and values of each image in a chunk are computed once
-    (``model.prepare_visual``) and shared by all of that image's pairs, instead of once
-    per pair. The logits come back in the input order.
-    """
-    order = torch.argsort(i_idx, stable=True)
-    out = torch.empty(order.numel(), device=text_embeds.device)
-    for s in range(0, order.numel(), pair_batch):
-        sel = order[s : s + pair_batch]
-        images, inverse = torch.unique_consecutive(i_idx[sel], return_inverse=True)
-        ti = t_idx[sel]
-        with autocast:
-            visual = _visual_of(model, image_embeds[images]).index(inverse)
-            fused = model.fuse(text_embeds[ti], text_mask[ti], visual)
-            out[sel] = model.head(head)(fused[:, 0])[:, 1].float()
-    return out
+    """ITM match logits [P] of the P pairs (text ``t_idx[p]``, image ``i_idx[p]``), under
+    ``autocast``: :meth:`~albef.modeling.inference.InferenceMixin.pair_itm_logits`."""
+    with autocast:
+        return model.pair_itm_logits(t_idx, i_idx, text_embeds, text_mask, image_embeds, pair_batch, head)
 
 
 def _rank_share(n: int) -> tuple[int, int]:

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from albef.data.preprocess import TextBatch
 from albef.data.tokenization import tokenize
 from albef.evaluation.base import Evaluator, LoaderFn, shard_indices
 from albef.metrics.vqa_accuracy import normalize_answer, vqa_accuracy  # noqa: F401  (public here too)
-from albef.modeling.heads.answer_decoder import rank_answers
 from albef.registry import EVALUATOR_REGISTRY
 from albef.utils import comm
 
@@ -85,23 +85,19 @@ class VQAEvaluator(Evaluator):
         return os.path.join(self.output_dir, f"{self.prefix}_result.json") if self.output_dir else None
 
     @torch.no_grad()
-    def answer(self, model, batch: dict[str, Any], cand: dict[str, torch.Tensor] | None = None) -> list[str]:
-        """The predicted answer of every question of ``batch`` (tensors on the device)."""
-        dec = model.head(self.head)
+    def answer(self, model, batch: dict[str, Any], cand: TextBatch | None = None) -> list[str]:
+        """The predicted answer of every question of ``batch`` (tensors on the device): :meth:`model.answer
+        <albef.modeling.inference.InferenceMixin.answer>` ranking the candidates or generating."""
+        question = TextBatch(batch["input_ids"], batch["attention_mask"], tokenizer=self.tokenizer)
+        if self.inference == "rank" and cand is None:
+            cand = self._candidates()
         with self.autocast():
-            states, mask = model.context(batch, {"fused"}).fused, batch["attention_mask"]
-            if self.inference == "rank":
-                if cand is None:
-                    cand = self._candidates()
-                idx, _ = rank_answers(dec, states, mask, cand["input_ids"], cand["attention_mask"], self.k_test, self.double)
-                return [self.answers[i] for i in idx[:, 0].tolist()]
-            tok = self.tokenizer
-            ids = dec.generate(states, mask, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, self.max_answer_tokens)
-        return [t.strip() for t in tok.batch_decode(ids.tolist(), skip_special_tokens=True)]
+            return model.answer(batch["image"], question, cand if self.inference == "rank" else None, k=self.k_test, head=self.head,
+                                max_answer_tokens=self.max_answer_tokens, double_count_first_token=self.double).answers
 
-    def _candidates(self) -> dict[str, torch.Tensor]:
+    def _candidates(self) -> TextBatch:
         enc = tokenize(self.tokenizer, self.answers, self.max_answer_tokens, mode="ours")
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return TextBatch(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device), list(self.answers), self.tokenizer)
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from albef.modeling import encoding
 from albef.modeling.fusion.visual import VisualInput
+from albef.modeling.inference import InferenceMixin
 from albef.registry import FUSION_REGISTRY, TEXT_ENCODER_REGISTRY, VISION_ENCODER_REGISTRY, build_component
 
 
@@ -28,12 +29,14 @@ def build_base_components(vision_encoder: dict, text_encoder: dict, fusion: dict
     return {"vision_encoder": vis, "text_encoder": txt, "fusion": fus}
 
 
-class ALBEFModel(nn.Module):
+class ALBEFModel(InferenceMixin, nn.Module):
     """Vision encoder, text encoder, fusion encoder; projections and a temperature when
     ``embed_dim`` is set (contrastive tasks), none otherwise (SNLI-VE, NLVR2 classifiers).
 
     The encode functions are those of :mod:`albef.modeling.encoding` on this model's
-    modules (the momentum teacher runs the same functions on its EMA copies).
+    modules (the momentum teacher runs the same functions on its EMA copies); the
+    inference methods (features, similarity, match, classify, answer, Grad-CAM) come from
+    :class:`~albef.modeling.inference.InferenceMixin` and are what the evaluators call.
     """
 
     def __init__(
