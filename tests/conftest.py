@@ -81,3 +81,39 @@ def run_cli(args: list[str], timeout: int = 300, env: dict | None = None) -> sub
         [sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, env=e,
     )
+
+
+# --------------------------------------------------------------------------- a small trained checkpoint
+#: The recipe of the suite's small trained model: the default job's objectives (ITC + ITM + MLM)
+#: on a 64 px world with a grounding split (every object's box in its manifest), two fusion layers
+#: (Grad-CAM reads the first: in the last one only [CLS] reaches the ITM head). ~2 min on one core.
+SMALL_RECIPE = [
+    "data.synthetic.image_size=64", "data.synthetic.num_train_images=600",
+    "data.synthetic_task={task: grounding, num_train: 4, num_val: 2, num_test: 30}",
+    "model.vision_encoder.img_size=64", "model.vision_encoder.model_kwargs.embed_dim=48", "model.text_encoder.config.hidden_size=48",
+    "model.text_encoder.config.intermediate_size=96", "model.fusion.num_layers=2", "model.embed_dim=32",
+    "train.max_iter=1500", "train.batch_size=32", "train.lr=1e-3", "train.warmup_iters=20", "train.checkpoint_period=100000",
+    "train.log_period=500", "data.test=null", "eval.retrieval=null",
+]
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory):
+    """``(checkpoint, world)``: ``model_final.pth`` of SMALL_RECIPE trained through
+    ``tools/train_net.py`` (its config travels in the file: ``albef.load(checkpoint)``), and the
+    synthetic world it was trained on. Trained once per session: the xdist workers share it
+    through a lock file in the session's common temp directory."""
+    from filelock import FileLock
+
+    dev = os.environ.get("ALBEF_TEST_SMALL_CHECKPOINT")  # development only: a folder with out/model_final.pth and world/
+    if dev:
+        return os.path.join(dev, "out", "model_final.pth"), os.path.join(dev, "world")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "small_checkpoint"
+    ckpt, world = root / "out" / "model_final.pth", root / "world"
+    with FileLock(str(shared / "small_checkpoint.lock")):
+        if not ckpt.is_file():
+            r = run_cli(["--config-file", TINY, f"data.synthetic.root={world}", f"output_dir={root / 'out'}", *SMALL_RECIPE], timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
+    return str(ckpt), str(world)
