@@ -181,7 +181,10 @@ def _read_yaml(path: str) -> dict:
 
 
 def _file_layers(path: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
-    """Return ``[(source, mapping), ...]`` for ``path`` and its ``_base_`` chain, bases first."""
+    """Return ``[(source, mapping), ...]`` for ``path`` and its ``_base_`` chain, bases first.
+    ``albef://<name>`` names a config shipped with albef, here as in ``_base_``."""
+    if path.startswith(CORE_PREFIX):
+        path = core_config_file(path[len(CORE_PREFIX):])
     path = os.path.abspath(path) if "://" not in path else path
     if path in _seen:
         raise ConfigError(f"{path}: circular '{BASE_KEY}' chain: {' -> '.join(_seen + (path,))}")

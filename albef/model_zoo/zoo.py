@@ -153,7 +153,9 @@ def _download(url: str, dest: str, expected: str | None, what: str) -> str:
             PathManager.register_handler(HTTPURLHandler())
     print(f"albef: downloading {what} from {url}", flush=True)
     try:
-        local = PathManager.get_local_path(url)
+        local = url[len("file://"):] if url.startswith("file://") else PathManager.get_local_path(url)
+        if not os.path.isfile(local):
+            raise FileNotFoundError(local)
     except Exception as e:  # network and handler errors come in many types
         raise ModelZooError(f"{what}: could not download {url} ({type(e).__name__}: {e})") from e
     digest = verify(local, expected, what)
