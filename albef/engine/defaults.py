@@ -154,6 +154,10 @@ class DefaultTrainer:
         self.amp = resolve_amp(cfg, self.device)
         self.prepare_data(cfg)
         self.tokenizer = self.build_tokenizer(cfg)
+        if comm.is_main_process() and not eval_only:
+            # the checkpoints of this directory then load with nothing else (albef.load looks here
+            # when the config's data.tokenizer has moved)
+            self.tokenizer.save_pretrained(os.path.join(cfg.output_dir, "tokenizer"))
         self.eval_only = eval_only
         self.train_set = None if eval_only else self.build_train_dataset(cfg)
         seed_all(cfg.train.seed)  # identical initial weights on every rank

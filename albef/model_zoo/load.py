@@ -88,9 +88,11 @@ def _tokenizer(cfg, weights: str, tokenizer: Any):
     try:
         return build_tokenizer(name)
     except TokenizerError as first:
-        for cand in (os.path.join(here, "tokenizer"), os.path.join(here, "vocab.txt")):
-            if os.path.exists(cand):
-                return build_tokenizer(cand)
+        real = os.path.dirname(os.path.realpath(weights))  # beside a linked checkpoint's target too
+        for d in dict.fromkeys((here, real)):
+            for cand in (os.path.join(d, "tokenizer"), os.path.join(d, "vocab.txt")):
+                if os.path.exists(cand):
+                    return build_tokenizer(cand)
         raise TokenizerError(f"{first} (the checkpoint {weights} names data.tokenizer={name}; pass albef.load(..., tokenizer=PATH) "
                              f"if it moved)") from first
 
