@@ -45,7 +45,18 @@ setup(
     extras_require={
         # charts and Grad-CAM figures (tools/visualize_gradcam.py)
         "report": ["matplotlib>=3.7"],
-        # the tests also draw a Grad-CAM figure through the CLI
-        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "matplotlib>=3.7"],
+        # faiss backends of image search (tools/search.py --backend faiss-flat|faiss-ivf)
+        "search": ["faiss-cpu>=1.7.4"],
+        # ONNX export and its check against eager PyTorch (tools/export.py)
+        "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
+        # albef.load("hf-hub:org/repo")
+        "hub": ["huggingface_hub>=0.20"],
+        # the browser demo (tools/demo.py)
+        "demo": ["gradio>=5.0", "gradio_client>=1.0"],
+        # the tests: every optional feature is exercised, the demo in a real browser (selenium
+        # drives the system's chromium; .ci/run installs it with apt)
+        "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "filelock>=3.12", "matplotlib>=3.7",
+                "faiss-cpu>=1.7.4", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1", "huggingface_hub>=0.20",
+                "gradio>=5.0", "gradio_client>=1.0", "selenium>=4.10"],
     },
 )
