@@ -28,8 +28,8 @@ from albef.modeling.gradcam import (
 )
 
 
-# its tests share module fixtures (a trained model, generated data): one xdist worker builds them once
-pytestmark = pytest.mark.xdist_group("grounding")
+# its tests share the suite's small trained checkpoint with the other users of that fixture: one xdist worker
+pytestmark = pytest.mark.xdist_group("small_checkpoint")
 
 
 def tiny_model(root, tokenizer, *overrides):
@@ -247,26 +247,15 @@ def test_visualize_gradcam_cli_writes_one_png(synthetic_root, tokenizer, tmp_pat
 
 # --------------------------------------------------------------------------- a trained model looks at the object it names
 @pytest.fixture(scope="module")
-def trained_small(tmp_path_factory):
-    """A small model pretrained for ~2 minutes (ITC + ITM + MLM, the default job's recipe) on a
-    64 px world, with two fusion layers (Grad-CAM reads the first: in the last one only [CLS]
-    reaches the ITM head); and that world's grounding data, whose manifest has every object's box."""
-    from albef.data.build import prepare_synthetic
-    from albef.engine.defaults import Trainer
+def trained_small(small_checkpoint):
+    """The suite's small trained model (tests/conftest.py ``small_checkpoint``: ITC + ITM + MLM, the
+    default job's recipe, ~2 minutes on a 64 px world with two fusion layers -- Grad-CAM reads the
+    first: in the last one only [CLS] reaches the ITM head), loaded through ``albef.load``; and that
+    world's grounding data, whose manifest has every object's box."""
+    import albef
 
-    base = tmp_path_factory.mktemp("cam")
-    cfg = load_config(TINY, [
-        f"data.synthetic.root={base / 'world'}", f"output_dir={base / 'out'}", "data.synthetic.image_size=64",
-        "data.synthetic.num_train_images=600", "data.synthetic_task={task: grounding, num_train: 4, num_val: 2, num_test: 30}",
-        "model.vision_encoder.img_size=64", "model.vision_encoder.model_kwargs.embed_dim=48", "model.text_encoder.config.hidden_size=48",
-        "model.text_encoder.config.intermediate_size=96", "model.fusion.num_layers=2", "model.embed_dim=32",
-        "train.max_iter=1500", "train.batch_size=32", "train.lr=1e-3", "train.warmup_iters=20", "train.checkpoint_period=100000",
-        "train.log_period=500", "data.test=null", "eval.retrieval=null"])
-    prepare_synthetic(cfg)
-    torch.manual_seed(0)
-    trainer = Trainer(cfg)
-    trainer.train()
-    return trainer.model.eval(), trainer.tokenizer, cfg
+    model, pre = albef.load(small_checkpoint[0], device="cpu")
+    return model.eval(), pre.tokenizer, model.config
 
 
 @pytest.mark.slow
