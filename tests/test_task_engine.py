@@ -35,11 +35,12 @@ def read_metrics(path: str) -> dict:
 
 # --------------------------------------------------------------------------- evaluators
 class _FakeClassifier(nn.Module):
-    """The 'prediction' of each sample is carried by the batch: logits = batch['logits']."""
+    """The 'prediction' of each sample is carried by the batch: its 'image' holds the logits
+    (the evaluator scores through the model's inference method ``classify_logits``)."""
 
-    def context(self, batch, needs=None):
-        assert "fused" in needs  # the evaluator asks for the fused states only
-        return SimpleNamespace(batch=batch, fused=batch["logits"][:, None, :])
+    def classify_logits(self, image, text, head="cls"):
+        assert head == "cls" and text.input_ids.shape[0] == image.shape[0]
+        return image
 
     def has_head(self, key):
         return key == "cls"
@@ -57,7 +58,9 @@ def test_classification_evaluator_counts_against_hand_values():
         items = [ds[i] for i in range(len(ds))]
         for s in range(0, len(items), bs):
             chunk = items[s : s + bs]
-            yield {"label": torch.tensor([c["label"] for c in chunk]), "logits": torch.stack([c["logits"] for c in chunk])}
+            ids = torch.ones(len(chunk), 4, dtype=torch.long)
+            yield {"label": torch.tensor([c["label"] for c in chunk]), "image": torch.stack([c["logits"] for c in chunk]),
+                   "input_ids": ids, "attention_mask": ids}
 
     ev = ClassificationEvaluator(dataset=data, loader_fn=loader_fn, prefix="ve", batch_size=3, class_names=["c", "n", "e"])
     model = _FakeClassifier().train()
