@@ -3,7 +3,6 @@ every task through the real command line, zero-shot evaluation of a pretraining 
 trainers chosen by config, and the packaged configs a plugin can inherit."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import json
 import os
