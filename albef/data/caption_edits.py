@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: The probe's kinds, in the order its table prints them.
-PROBE_KINDS = ("relation_flip", "object_exchange", "attribute_change")
+PROBE_KINDS = ("relation_flip", "object_exchange", "attribute_change", "binding")
 
 
 class EditRulesError(ValueError):
@@ -93,12 +93,16 @@ class SwapWords(EditRule):
 
 
 class PhrasePattern(EditRule):
-    """``re.sub(pattern, replace, caption, count=1)``: e.g. exchange two noun phrases.
+    """``re.sub(pattern, replace, caption, count=1)``: e.g. exchange two noun phrases, or two
+    objects' colours (attribute binding: "a red circle left of a blue square" -> "a blue
+    circle left of a red square").
 
-    Applies when the pattern matches and the result differs from the caption.
+    Applies when the pattern matches and the result differs from the caption. ``a_an``: fix
+    every article of the result ("a orange" -> "an orange") after the substitution.
     """
 
-    def __init__(self, pattern: str, replace: str):
+    def __init__(self, pattern: str, replace: str, a_an: bool = False):
+        self.a_an = bool(a_an)
         try:
             self._re = re.compile(pattern)
         except re.error as e:
@@ -121,7 +125,12 @@ class PhrasePattern(EditRule):
 
     def __call__(self, caption: str, rng: random.Random | None = None) -> str | None:
         out, n = self._re.subn(self.replace, caption, count=1)
-        out = " ".join(out.split())
+        words = out.split()
+        if self.a_an:
+            for i in range(len(words) - 1):
+                if words[i] in ("a", "an"):
+                    words[i] = "an" if words[i + 1][0] in "aeiou" else "a"
+        out = " ".join(words)
         return out if n and out != " ".join(caption.split()) else None
 
 
@@ -232,18 +241,24 @@ def shapes_world_rules(colors: Sequence[str] | None = None, shapes: Sequence[str
     relation_flip: left <-> right, above <-> below. object_exchange: the two noun phrases
     change places. attribute_change: the first object's colour becomes another of ``colors``
     (default: every colour of :data:`albef.data.synthetic.scenes.COLORS`; give the world's
-    own, e.g. from its manifest, so no unseen colour word is used).
+    own, e.g. from its manifest, so no unseen colour word is used): mostly a colour that is
+    not in the picture, so it measures attribute *presence*. binding: the two objects'
+    colours exchanged, so both colours are in the picture and only their *binding* to the
+    shapes is wrong (none when the colours are equal).
     """
     from albef.data.synthetic.scenes import COLORS, SHAPES
 
     colors = list(colors or COLORS)
     shapes = list(shapes or SHAPES)
-    np_ = r"an? (?:%s) (?:%s)" % ("|".join(map(re.escape, colors)), "|".join(map(re.escape, shapes)))
+    colour, shape = "|".join(map(re.escape, colors)), "|".join(map(re.escape, shapes))
+    np_ = r"an? (?:%s) (?:%s)" % (colour, shape)
     rel = r"(?:to the )?(?:left of|right of)|above|below"
+    np_parts = r"an? (%s) (%s)" % (colour, shape)
     return CaptionEdits({
         "relation_flip": SwapWords({"left": "right", "above": "below"}),
         "object_exchange": PhrasePattern(rf"^({np_}) ({rel}) ({np_})$", r"\3 \2 \1"),
         "attribute_change": ReplaceFromSet([colors], which="first"),
+        "binding": PhrasePattern(rf"^{np_parts} ({rel}) {np_parts}$", r"a \4 \2 \3 a \1 \5", a_an=True),
     }, source="shapes_world", paraphrases=[["relation_flip", "object_exchange"]])  # "A left of B" == "B right of A"
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = feats(ds.text)
     print(f"{args.run_dir}/{args.weights}: {len(ds.text)} test captions")
-    for kind in ("relation_flip", "object_exchange", "attribute_change"):
+    for kind in ("relation_flip", "object_exchange", "attribute_change", "binding"):
         edited = [edits.edit(t, kind, random.Random(t)) for t in ds.text]
         cos = (base * feats(edited)).sum(1)
         print(f"  text feature cosine, caption vs {kind}: mean {cos.mean():.5f}, min {cos.min():.5f}")

@@ -25,7 +25,7 @@ sys.path.insert(0, REPO)
 
 from projects.ablations.ablation_report import mean_sd  # noqa: E402
 
-KINDS = ("relation_flip", "object_exchange", "attribute_change")
+KINDS = ("relation_flip", "object_exchange", "attribute_change", "binding")
 ORDER = ["default_recipe", "compositional_negatives"]
 
 
