@@ -691,3 +691,58 @@ def test_mlm_loss_rejects_bad_arguments():
     assert obj.never_mask.tolist() == [0, 1, 2]
     assert obj.heads_used() == ("mlm",)
     assert MLMHead(nn.Parameter(torch.randn(V, HM))).momentum  # the teacher keeps an EMA copy (distillation targets)
+
+
+# --------------------------------------------------------------------------- edited captions (composition capacity)
+def test_edited_caption_loss_by_hand_and_invalid_edits_dropped():
+    from albef.modeling.context import TextNegatives
+    from albef.modeling.objectives.edited_caption import EditedCaptionLoss
+
+    b = 3
+    text, image, mask, w, fusion, model, _, feats = _itm_setup(b, seed=7)
+    g = torch.Generator().manual_seed(8)
+    neg_text = torch.randn(b, L, H, generator=g)
+    neg_mask = torch.ones(b, L, dtype=torch.long)
+    valid = torch.tensor([True, False, True])
+    ctx = _make_ctx(feats, feats.clone(), model=model, batch={"attention_mask": mask}, image_embeds=image, text_embeds=text)
+    ctx.text_negatives = TextNegatives(neg_text, neg_mask, None, valid)
+    obj = EditedCaptionLoss()
+    assert obj.needs(False) == {"visual", "text_negatives"} and obj.heads_used() == ("itm",)
+    loss = obj(ctx)
+    # one fusion call on 2B pairs: the captions, then each image with its own edit
+    t_all, m_all, i_all = fusion.calls[0]
+    torch.testing.assert_close(t_all, torch.cat([text, neg_text]), rtol=0, atol=0)
+    torch.testing.assert_close(i_all, torch.cat([image, image]), rtol=0, atol=0)
+    head = model.heads["itm"].linear
+    pos = [_hand_itm_ce(k, k, 1, text, image, mask, w, head) for k in range(b)]
+    neg = [_hand_itm_ce(k, k, 0, neg_text, image, neg_mask, w, head) for k in range(b) if valid[k]]
+    assert loss.item() == pytest.approx((sum(pos) + sum(neg)) / (b + 2), rel=1e-5)
+    # the logged pair accuracy: the caption's match margin above its edit's, over the valid pairs
+    def margin(t_emb, m, k):
+        cls = t_emb[k, 0] + image[k].mean(0) @ w + 0.1 * m[k].sum()
+        lg = head(cls).detach()
+        return float(lg[1] - lg[0])
+    right = [margin(text, mask, k) > margin(neg_text, neg_mask, k) for k in range(b) if valid[k]]
+    assert float(ctx.stats["edited_pair_acc"]) == pytest.approx(sum(right) / len(right))
+    assert float(ctx.stats["edited_valid"]) == 2.0
+    ctx.text_negatives = None
+    with pytest.raises(ValueError, match="set data.text_negatives"):
+        obj(ctx)
+
+
+def test_frozen_parameters_get_no_gradient_and_no_update(tiny_cfg, tokenizer):
+    from albef.engine.defaults import build_optimizer
+    from albef.modeling import build_model
+
+    cfg = tiny_cfg("train.frozen=[vision_encoder, text_encoder]")
+    model = build_model(cfg, tokenizer)
+    opt = build_optimizer(cfg, model)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        frozen = name.startswith(("vision_encoder.", "text_encoder."))
+        assert (id(p) in in_opt) == (not frozen and not name.startswith("teacher.")), name
+        if frozen:
+            assert not p.requires_grad, name
+    assert any(id(p) in in_opt for n, p in model.named_parameters() if n.startswith("fusion."))
+    with pytest.raises(ValueError, match="train.frozen: 'vision_encodr' names no parameter"):
+        build_optimizer(tiny_cfg("train.frozen=[vision_encodr]"), build_model(cfg, tokenizer))

@@ -133,6 +133,10 @@ _DEFAULTS: dict[str, Any] = {
         # optimizer step, one teacher EMA update and the enqueue of every micro-batch's momentum
         # features after it; ITC/ITM negatives come from the micro-batch (see the README)
         "grad_accum_steps": 1,
+        # parameters kept fixed: names starting with any of these prefixes (e.g.
+        # [vision_encoder, text_encoder] to train only the fusion encoder and heads) get no
+        # gradient and no optimizer state; the teacher's EMA copies of them stay equal
+        "frozen": [],
         # a non-finite loss or gradient norm: stop (raise, naming the iteration, the loss terms
         # and the batch's samples) or skip (no optimizer step, no EMA/queue update; counted as
         # skipped_steps in metrics.json). skip reads the flag every step (one host sync).

@@ -93,11 +93,21 @@ def resolve_amp(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, 0/1-d tensors, positional embeddings, [CLS] token or temp."""
+    """AdamW; no weight decay on biases, norms, 0/1-d tensors, positional embeddings, [CLS] token or temp.
+    Parameters named by ``train.frozen`` (prefixes) are switched to ``requires_grad=False`` first."""
+    frozen = tuple(str(f).rstrip(".") for f in (cfg.train.get("frozen") or ()))
+    if frozen:
+        names = [n for n, _ in model.named_parameters()]
+        for f in frozen:
+            if not any(n == f or n.startswith(f + ".") for n in names):
+                raise ValueError(f"train.frozen: {f!r} names no parameter of the model (e.g. vision_encoder, text_encoder, fusion, heads.itm)")
+        for name, p in model.named_parameters():
+            if any(name == f or name.startswith(f + ".") for f in frozen):
+                p.requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
-            continue  # the teacher's EMA weights
+            continue  # the teacher's EMA weights, and the frozen ones
         skip = p.ndim <= 1 or name.endswith(".bias") or name.endswith("pos_embed") or name.endswith("cls_token")
         (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
