@@ -1,6 +1,7 @@
 """Benchmark image search: index build images/s with a model on image folders, and query
 latency (ms per query, batches of 1 and 64) of exact / faiss-flat / faiss-ivf search on
-synthetic normalised vectors, with faiss-ivf recall@10 against exact.
+synthetic normalised vectors, with faiss-ivf recall@10 against exact (on the synthetic vectors,
+and, given two or more folders, on the model's features of the last one queried by the first one's).
 
     OMP_NUM_THREADS=1 python tools/benchmark_search.py --model output/synthetic/model_final.pth \
         --images datasets/albef_synthetic/images/test [--images DIR2 ...] [--sizes 10000 100000] [--json out.json]
@@ -48,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", file=sys.stderr)
-    build = []
+    build, feats = [], []
     for d in args.images:
-        r = sb.time_index_build(model, preprocess, d, args.batch_size, args.runs)
+        r, f = sb.time_index_build(model, preprocess, d, args.batch_size, args.runs)
         build.append(dict(r, name=d))
+        feats.append(f)
         print(f"build {d}: {sb.Spread(**r['images_per_s']).fmt(1)} images/s", file=sys.stderr)
     dims = args.dims or sorted({256, int(model.embed_dim)}, reverse=True)
     latency, recall = [], []
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             latency += sb.time_queries(n, dim, runs=args.runs)
             recall += sb.ivf_recall(n, dim)
             print(f"queries n={n} dim={dim} done", file=sys.stderr)
+    if len(feats) > 1:  # the model's own image features: the last folder indexed, the first one's images as queries
+        recall += [dict(r, vectors=f"images of {args.images[-1]}, queries {args.images[0]}") for r in sb.ivf_recall_of(feats[-1], feats[0])]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"build": build, "latency": latency, "recall": recall}, f, indent=1)

@@ -40,9 +40,10 @@ def synthetic_vectors(n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
 
 
-def time_index_build(model, preprocess, image_dir: str, batch_size: int = 64, runs: int = 3) -> dict:
+def time_index_build(model, preprocess, image_dir: str, batch_size: int = 64, runs: int = 3) -> tuple[dict, torch.Tensor]:
     """Images/s of :meth:`ImageIndex.build` over ``image_dir`` (from scratch, into a temporary
-    folder, no progress bar; wall time of the whole build: listing, decoding, encoding, writing)."""
+    folder, no progress bar; wall time of the whole build: listing, decoding, encoding, writing),
+    and the image features [N, E] it made."""
     rates = []
     n = len(list_images(image_dir))
     for _ in range(runs):
@@ -50,7 +51,8 @@ def time_index_build(model, preprocess, image_dir: str, batch_size: int = 64, ru
             t0 = time.perf_counter()
             res = ImageIndex.build(model, preprocess, image_dir, out, batch_size, resume=False, progress=False)
             rates.append(res.encoded / (time.perf_counter() - t0))
-    return {"images": n, "batch_size": batch_size, "images_per_s": asdict(Spread.of(rates))}
+            feats = res.index.image_feat
+    return {"images": n, "batch_size": batch_size, "images_per_s": asdict(Spread.of(rates))}, feats
 
 
 def _ms_per_query(backend, queries: torch.Tensor, batch: int, k: int, runs: int) -> Spread:
@@ -83,8 +85,15 @@ def time_queries(n: int, dim: int, backends=BACKENDS, batch_sizes=(1, 64), k: in
 
 
 def ivf_recall(n: int, dim: int, nprobes=(1, 8, 32, None), k: int = 10, n_queries: int = 256, seed: int = 0) -> list[dict]:
-    """faiss-ivf recall@k against exact search at each ``nprobe`` (None: all nlist lists)."""
-    vectors, queries = synthetic_vectors(n, dim, seed), synthetic_vectors(n_queries, dim, seed + 1)
+    """faiss-ivf recall@k against exact search at each ``nprobe`` (None: all nlist lists), on
+    ``n`` synthetic vectors (uniform on the sphere: no cluster structure, the hard case for IVF)."""
+    rows = ivf_recall_of(synthetic_vectors(n, dim, seed), synthetic_vectors(n_queries, dim, seed + 1), nprobes, k)
+    return [dict(r, vectors="synthetic") for r in rows]
+
+
+def ivf_recall_of(vectors: torch.Tensor, queries: torch.Tensor, nprobes=(1, 8, 32, None), k: int = 10) -> list[dict]:
+    """faiss-ivf recall@k against exact search of ``queries`` [Q, E] over ``vectors`` [N, E] at each ``nprobe``."""
+    n, dim = vectors.shape
     _, exact = ExactSearch(vectors).search(queries, k)
     ivf = make_backend(vectors, "faiss-ivf")
     rows = []
@@ -106,7 +115,7 @@ def markdown(build: list[dict], latency: list[dict], recall: list[dict]) -> str:
         out.append(f"| {r['n']:,} | {r['dim']} | {name} | {r['build_s']:.2f} | {Spread(**r['ms_per_query_batch1']).fmt(3)} | "
                    f"{Spread(**r['ms_per_query_batch64']).fmt(3)} |")
     key = next((k for k in recall[0] if k.startswith("recall@")), "recall@10") if recall else "recall@10"
-    out += ["", f"| vectors | dim | nlist | nprobe | faiss-ivf {key} vs exact |", "|---:|---:|---:|---:|---:|"]
+    out += ["", f"| vectors | dim | nlist | nprobe | faiss-ivf {key} vs exact |", "|---|---:|---:|---:|---:|"]
     for r in recall:
-        out.append(f"| {r['n']:,} | {r['dim']} | {r['nlist']} | {r['nprobe']} | {r[key]:.3f} |")
+        out.append(f"| {r['n']:,} {r.get('vectors', '')} | {r['dim']} | {r['nlist']} | {r['nprobe']} | {r[key]:.3f} |")
     return "\n".join(out)
