@@ -52,11 +52,11 @@ setup(
         # albef.load("hf-hub:org/repo")
         "hub": ["huggingface_hub>=0.20"],
         # the browser demo (tools/demo.py)
-        "demo": ["gradio>=5.0", "gradio_client>=1.0"],
+        "demo": ["gradio>=6.0,<7", "gradio_client>=2.0"],
         # the tests: every optional feature is exercised, the demo in a real browser (selenium
         # drives the system's chromium; .ci/run installs it with apt)
         "dev": ["pytest>=7.0", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "filelock>=3.12", "matplotlib>=3.7",
                 "faiss-cpu>=1.7.4", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1", "huggingface_hub>=0.20",
-                "gradio>=5.0", "gradio_client>=1.0", "selenium>=4.10"],
+                "gradio>=6.0,<7", "gradio_client>=2.0", "selenium>=4.10"],
     },
 )
