@@ -38,25 +38,48 @@ def test_block_parser_skips_marked_blocks(tmp_path):
     assert python_blocks(str(doc)) == ["print(1)\n"]
 
 
+# One process runs every document's script in turn (each in a fresh namespace, its stdout
+# captured), so torch and albef are imported once for all of them.
+DRIVER = r"""
+import contextlib, io, json, sys, traceback
+out = {}
+for path, script in json.load(sys.stdin):
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            exec(compile(script, path, "exec"), {"__name__": "__main__"})
+        out[path] = {"ok": True, "stdout": buf.getvalue()}
+    except BaseException:
+        out[path] = {"ok": False, "stdout": buf.getvalue(), "error": traceback.format_exc()}
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="module")
-def default_layout(small_checkpoint, tmp_path_factory):
+def doc_runs(small_checkpoint, tmp_path_factory):
+    """{doc path: {"ok", "stdout", "error"}} of every runnable document, run in a working directory
+    with the default job's layout linked to the small checkpoint and its world."""
+    import json
+
     ckpt, world = small_checkpoint
     cwd = tmp_path_factory.mktemp("reader")
     (cwd / "output" / "synthetic").mkdir(parents=True)
     (cwd / "datasets").mkdir()
     os.symlink(ckpt, cwd / "output" / "synthetic" / "model_final.pth")
     os.symlink(world, cwd / "datasets" / "albef_synthetic")
-    return cwd
+    jobs = [(os.path.relpath(d, REPO), "\n".join(python_blocks(d))) for d in RUNNABLE]
+    r = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(jobs), cwd=str(cwd), capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", RUNNABLE, ids=[os.path.relpath(d, REPO) for d in RUNNABLE])
-def test_python_blocks_run(doc, default_layout):
-    script = "\n".join(python_blocks(doc))
-    r = subprocess.run([sys.executable, "-c", script], cwd=str(default_layout), capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
-    assert r.returncode == 0, f"{os.path.relpath(doc, REPO)}: its Python blocks fail:\n{r.stderr[-3000:]}"
+def test_python_blocks_run(doc, doc_runs):
+    res = doc_runs[os.path.relpath(doc, REPO)]
+    assert res["ok"], f"{os.path.relpath(doc, REPO)}: its Python blocks fail:\n{res.get('error', '')[-3000:]}"
     if doc.endswith("README.md"):
         # the snippet prints the ITM match probability of each of its three captions for the one image
-        probs = [float(x) for x in re.findall(r"[-+]?\d+\.\d+(?:e[-+]?\d+)?", r.stdout)]
-        assert r.stdout.startswith("tensor([[") and len(probs) == 3 and all(0.0 <= p <= 1.0 for p in probs), r.stdout
+        probs = [float(x) for x in re.findall(r"[-+]?\d+\.\d+(?:e[-+]?\d+)?", res["stdout"])]
+        assert res["stdout"].startswith("tensor([[") and len(probs) == 3 and all(0.0 <= p <= 1.0 for p in probs), res["stdout"]
