@@ -598,3 +598,19 @@ def test_composition_probe_failure_on_rank_0_reaches_every_rank(tokenizer, monke
     with pytest.raises((ValueError, RuntimeError), match="probe exploded"):
         ev.evaluate(_WordModel(tokenizer.convert_tokens_to_ids("left")))
     assert sent == (["ValueError: probe exploded"] if rank == 0 else [None])
+
+
+def test_capacity_report_reads_the_runs_metrics(tmp_path):
+    """projects/composition/capacity.py: the table of the capacity experiment from each run's metrics.json."""
+    from projects.composition.capacity import report
+
+    for name, acc, rel in (("d2_frozen", 0.5, 48.0), ("d4_unfrozen", 0.9, 80.0)):
+        (tmp_path / name).mkdir()
+        rows = [{"iteration": i, "edited_pair_acc": acc, "loss_edited": 0.69 - i / 10000} for i in (49, 99, 149)]
+        rows.append({"iteration": 150, "composition/relation_flip_itm": rel, "composition/object_exchange_itm": 51.0,
+                     "composition/binding_itm": 88.0})
+        (tmp_path / name / "metrics.json").write_text("\n".join(json.dumps(r) for r in rows))
+    table = report(str(tmp_path))
+    assert "| d2_frozen | 50.0% | 0.6751 (0.6751) | 48.0% | 51.0% | 88.0% |" in table
+    assert "| d4_unfrozen | 90.0% |" in table and "d6_frozen" not in table
+    assert (tmp_path / "capacity.md").read_text().strip() == table
