@@ -41,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     import albef
     from albef.inference import search_benchmark as sb
     from albef.inference.vector_search import require_faiss
+    from albef.utils.errors import USER_ERRORS
 
     try:
         require_faiss()
         model, preprocess = albef.load(args.model, device=args.device)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, *USER_ERRORS) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", file=sys.stderr)

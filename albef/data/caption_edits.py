@@ -253,12 +253,12 @@ def shapes_world_rules(colors: Sequence[str] | None = None, shapes: Sequence[str
     colour, shape = "|".join(map(re.escape, colors)), "|".join(map(re.escape, shapes))
     np_ = r"an? (?:%s) (?:%s)" % (colour, shape)
     rel = r"(?:to the )?(?:left of|right of)|above|below"
-    np_parts = r"an? (%s) (%s)" % (colour, shape)
     return CaptionEdits({
         "relation_flip": SwapWords({"left": "right", "above": "below"}),
         "object_exchange": PhrasePattern(rf"^({np_}) ({rel}) ({np_})$", r"\3 \2 \1"),
         "attribute_change": ReplaceFromSet([colors], which="first"),
-        "binding": PhrasePattern(rf"^{np_parts} ({rel}) {np_parts}$", r"a \4 \2 \3 a \1 \5", a_an=True),
+        # (?!\2$): not when the shapes are equal (exchanging the colours would be the object exchange)
+        "binding": PhrasePattern(rf"^an? ({colour}) ({shape}) ({rel}) an? ({colour}) (?!\2$)({shape})$", r"a \4 \2 \3 a \1 \5", a_an=True),
     }, source="shapes_world", paraphrases=[["relation_flip", "object_exchange"]])  # "A left of B" == "B right of A"
 
 

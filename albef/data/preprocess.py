@@ -1,5 +1,6 @@
 """What a trained model needs done to its inputs: images to tensors at the checkpoint's
-resolution and normalisation, texts to token ids with its tokenizer, length and template.
+resolution and normalisation, texts cleaned as the datasets clean them and turned into token
+ids with its tokenizer, length and template.
 
 :func:`albef.load` returns a :class:`Preprocess` built from the checkpoint's config, so
 inference sees the inputs exactly as the test split did during training::
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from albef.data.files import load_image
+from albef.data.text import pre_caption, pre_question
 from albef.data.tokenization import tokenize
 from albef.data.transforms import TestTransform
 
@@ -66,15 +68,17 @@ class Preprocess:
     """
 
     def __init__(self, tokenizer: Any, image_res: int, mean: Sequence[float], std: Sequence[float],
-                 max_tokens: int = 30, tokenization: str = "ours"):
+                 max_tokens: int = 30, tokenization: str = "ours", max_words: int = 30):
         self.tokenizer = tokenizer
+        self.max_words = int(max_words)
         self.transform = TestTransform(image_res, mean, std)
         self.image_res, self.max_tokens, self.tokenization = int(image_res), int(max_tokens), tokenization
 
     @classmethod
     def from_config(cls, cfg: Any, tokenizer: Any) -> "Preprocess":
         t = cfg.data.transforms
-        return cls(tokenizer, int(t.image_res), list(t.mean), list(t.std), int(cfg.data.max_tokens), str(cfg.data.tokenization))
+        return cls(tokenizer, int(t.image_res), list(t.mean), list(t.std), int(cfg.data.max_tokens), str(cfg.data.tokenization),
+                   int(cfg.data.get("max_words", 30)))
 
     # ------------------------------------------------------------------ images
     def load(self, image: ImageLike) -> torch.Tensor:
@@ -105,16 +109,30 @@ class Preprocess:
     __call__ = image
 
     # ------------------------------------------------------------------ texts
-    def text(self, texts: str | Sequence[str], max_tokens: int | None = None) -> TextBatch:
-        """One text or a list -> :class:`TextBatch` (padded to the longest, at most ``max_tokens``)."""
+    def text(self, texts: str | Sequence[str], max_tokens: int | None = None, clean: str | None = "caption") -> TextBatch:
+        """One text or a list -> :class:`TextBatch` (padded to the longest, at most ``max_tokens``).
+
+        ``clean``: ``caption`` (default) cleans each text as the datasets clean captions
+        (:func:`~albef.data.text.pre_caption`: lower case, no punctuation, ``data.max_words``
+        words), ``question`` as VQA questions (:func:`~albef.data.text.pre_question`), None
+        keeps it as given. ``TextBatch.texts`` holds the cleaned texts."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("no texts given")
+        if clean not in (None, "caption", "question"):
+            raise ValueError(f"clean must be 'caption', 'question' or None, got {clean!r}")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is a {type(t).__name__}, not a string")
             if not t.strip():
                 raise ValueError(f"text {i} is empty")
+        if clean == "caption":
+            texts = [pre_caption(t, self.max_words) for t in texts]
+        elif clean == "question":
+            texts = [pre_question(t) for t in texts]
+        for i, t in enumerate(texts):
+            if not t:
+                raise ValueError(f"text {i} is empty once cleaned (punctuation only)")
         enc = tokenize(self.tokenizer, texts, max_tokens or self.max_tokens, mode=self.tokenization)
         return TextBatch(enc["input_ids"], enc["attention_mask"], texts, self.tokenizer)
 

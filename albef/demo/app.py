@@ -155,11 +155,11 @@ def _match_tab(gr, predictor: DemoPredictor, rows) -> None:
     if rows:
         gr.Examples(rows, inputs=[image, texts], label="Synthetic test images (true caption, wrong colours, flipped relation)",
                     examples_per_page=8)
-    scores = submit.click(lambda i, t: on_scores(predictor, i, t), [image, texts], [table, status], api_name="scores")
+    scores = submit.click(lambda i, t: on_scores(predictor, i, t), [image, texts], [table, status], api_name="scores", concurrency_id="model")
     scores.then(lambda i, t, n, l: on_gradcam(predictor, i, t, n, l), [image, texts, line, layer], [gallery, cam_status],
-                api_name="gradcam")
+                api_name="gradcam", concurrency_id="model")
     explain.click(lambda i, t, n, l: on_gradcam(predictor, i, t, n, l), [image, texts, line, layer], [gallery, cam_status],
-                  api_name="explain", api_visibility="undocumented")
+                  api_name="explain", api_visibility="undocumented", concurrency_id="model")
 
 
 def _vqa_tab(gr, predictor: DemoPredictor, rows) -> None:
@@ -174,7 +174,7 @@ def _vqa_tab(gr, predictor: DemoPredictor, rows) -> None:
             table = gr.Dataframe(headers=["answer", "log-likelihood"], label="Top candidates", interactive=False, elem_id="vqa-ranked")
     if rows:
         gr.Examples([[r[0]] for r in rows], inputs=[image], label="Synthetic test images")
-    submit.click(lambda i, q: on_vqa(predictor, i, q), [image, question], [answer, table, status], api_name="vqa")
+    submit.click(lambda i, q: on_vqa(predictor, i, q), [image, question], [answer, table, status], api_name="vqa", concurrency_id="model")
 
 
 def _classify_tab(gr, predictor: DemoPredictor, rows) -> None:
@@ -192,7 +192,7 @@ def _classify_tab(gr, predictor: DemoPredictor, rows) -> None:
             table = gr.Dataframe(headers=["class", "probability"], label="Prediction", interactive=False, elem_id="classify-probs")
     if rows and not pair:
         gr.Examples([[r[0]] for r in rows], inputs=[image], label="Synthetic test images")
-    submit.click(lambda a, t, b: on_classify(predictor, a, t, b), [image, text, image2], [table, status], api_name="classify")
+    submit.click(lambda a, t, b: on_classify(predictor, a, t, b), [image, text, image2], [table, status], api_name="classify", concurrency_id="model")
 
 
 def _search_tab(gr, predictor: DemoPredictor) -> None:
@@ -203,13 +203,14 @@ def _search_tab(gr, predictor: DemoPredictor) -> None:
         submit = gr.Button("Search", variant="primary", elem_id="search-submit", scale=1)
     status = gr.Markdown(elem_id="search-status")
     gallery = gr.Gallery(label="Best matches", columns=6, height="auto", elem_id="search-results")
-    submit.click(lambda t, n, r: on_search(predictor, t, n, r), [text, k, rerank], [gallery, status], api_name="search")
+    submit.click(lambda t, n, r: on_search(predictor, t, n, r), [text, k, rerank], [gallery, status], api_name="search", concurrency_id="model")
 
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, allowed_paths: Sequence[str] = (), **kwargs) -> None:
     """Serve ``app`` on ``host:port`` until interrupted (loopback unless ``host`` says
     otherwise; no share link, no server-side rendering, no analytics)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app.queue(default_concurrency_limit=1)  # one model: requests take turns
+    app.queue(default_concurrency_limit=1)  # one model: every event shares concurrency_id 'model', so requests take turns
+    # (Grad-CAM sets state on an attention module; two calls at once would clear each other's)
     app.launch(server_name=host, server_port=int(port), share=False, ssr_mode=False, show_error=False,
                allowed_paths=list(allowed_paths), footer_links=["api"], **kwargs)

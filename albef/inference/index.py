@@ -185,7 +185,8 @@ def _read_json(path: str) -> Any:
 
 
 def _model_record(model, model_name: str | None) -> dict[str, Any]:
-    return {"name": model_name if model_name is not None else getattr(model, "source", None),
+    name = model_name if model_name is not None else getattr(model, "weights_path", None) or getattr(model, "source", None)
+    return {"name": name,
             "source": getattr(model, "source", None), "embed_dim": getattr(model, "embed_dim", None)}
 
 

@@ -140,6 +140,7 @@ def load(name: str | os.PathLike, task: str | None = None, device: str | torch.d
     weights, side = _weights_of(res.path)
     ckpt = read_checkpoint_file(weights)
     cfg, source = _config(weights, side, res.entry, config, overrides, ckpt)
+    del ckpt  # load_weights reads the file again: do not hold two copies
     tok = _tokenizer(cfg, weights, tokenizer)
     try:
         model = build_model(cfg, tok, public_init=False)
@@ -148,7 +149,8 @@ def load(name: str | os.PathLike, task: str | None = None, device: str | torch.d
     try:
         ALBEFCheckpointer(model).load_weights(weights, strict=True)
     except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{weights} does not fit the model of {source}:\n{e}") from e
+        raise CheckpointMismatchError(f"{weights} does not fit the model of {source} (albef.load loads strictly: give the "
+                                      f"config the checkpoint was trained with, config=...):\n{e}") from e
     if task is not None and not model.has_head(TASK_HEADS[task]):
         raise ModelZooError(f"{weights}: task={task!r} needs the head model.heads.{TASK_HEADS[task]}; this model has "
                             f"{sorted(model.heads) or 'no heads'} (built from {source})")
@@ -157,6 +159,7 @@ def load(name: str | os.PathLike, task: str | None = None, device: str | torch.d
     model.inference_dtype = _dtype(dtype, device)
     model.config = cfg
     model.source = source
+    model.weights_path = os.path.abspath(weights)  # what albef.load(...) of this model again needs (indexes record it)
     if "cls" in model.heads:
         n = getattr(model.heads["cls"], "num_classes", None)
         for names in CLASS_NAMES.values():

@@ -178,7 +178,9 @@ def fetch(entry: ZooEntry, download: bool = True) -> str:
     dest = os.path.join(cache_dir(), entry.file)
     recorded = _recorded_hashes().get(entry.file)
     if os.path.isfile(dest):
-        verify(dest, entry.sha256 or recorded, what)
+        digest = verify(dest, entry.sha256 or recorded, what)
+        if not entry.sha256 and not recorded:  # placed in the cache by hand: pinned from now on
+            _record_hash(entry.file, digest)
         return dest
     if not entry.url:
         raise ModelZooError(f"{what}: {dest} is not in the cache and the entry has no url")
@@ -228,12 +230,17 @@ def resolve(spec: Any, download: bool = True) -> Resolved:
         return Resolved(hub_snapshot(spec))
     if "://" in spec:
         name = os.path.basename(spec.split("?")[0]) or "download.pth"
-        dest = os.path.join(cache_dir(), name)
-        if not os.path.isfile(dest):
+        key = f"urls/{hashlib.sha256(spec.encode()).hexdigest()[:16]}/{name}"  # two URLs ending alike do not collide
+        dest = os.path.join(cache_dir(), key)
+        recorded = _recorded_hashes().get(key)
+        if os.path.isfile(dest):
+            verify(dest, recorded, spec)
+        else:
             if not download:
                 raise ModelZooError(f"{spec}: not in the cache (downloading is off)")
             digest = _download(spec, dest, None, spec)
-            print(f"albef: {name} sha256 {digest}", flush=True)
+            _record_hash(key, digest)
+            print(f"albef: {name} sha256 {digest} (recorded; later loads verify it)", flush=True)
         return Resolved(dest)
     looks_like_path = os.sep in spec or spec.endswith((".pth", ".pt", ".bin", ".safetensors"))
     if looks_like_path and spec not in entries():
