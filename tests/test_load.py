@@ -213,3 +213,16 @@ def test_hub_folder_round_trip_and_hf_hub_offline(synthetic_root, tokenizer, tmp
     assert same_weights(model, ref)
     with pytest.raises(ModelZooError, match="hf-hub:org/missing: could not find org/missing in the local Hugging Face cache"):
         albef.load("hf-hub:org/missing")
+
+
+def test_urls_with_the_same_file_name_do_not_share_a_cache_entry(synthetic_root, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALBEF_CACHE", str(tmp_path / "cache"))
+    refs = []
+    for i, d in enumerate(("a", "b")):
+        (tmp_path / d).mkdir()
+        refs.append(our_checkpoint(tmp_path / d / "model.pth", "tests/configs/tiny.yaml", synthetic_root, tokenizer, seed=i))
+    for d, ref in zip(("a", "b"), refs):
+        assert same_weights(albef.load(f"file://{tmp_path / d / 'model.pth'}")[0], ref)
+    assert same_weights(albef.load(f"file://{tmp_path / 'a' / 'model.pth'}")[0], refs[0])  # from the cache, still a's
+    recorded = json.loads((tmp_path / "cache" / "sha256.json").read_text())
+    assert len(recorded) == 2 and all(k.startswith("urls/") and k.endswith("/model.pth") for k in recorded)
