@@ -28,14 +28,33 @@ FROZEN = "train.frozen=[vision_encoder,text_encoder]"
 GRID = {f"d{d}_{f}": [f"model.fusion.num_layers={d}", FROZEN if f == "frozen" else "train.frozen=[]"]
         for d in (2, 4, 6) for f in ("frozen", "unfrozen")}
 GRID["d2_unfrozen_lr1e-3_3k"] = ["model.fusion.num_layers=2", "train.frozen=[]", "train.lr=1e-3", "train.max_iter=3000", "train.eval_period=500"]
+# one caption per image, its canonical form ("A left of B" / "A above B": the subject is the left or
+# upper object), no flips, object exchanges only: the label is then (which object is named first)
+# XOR (which is on the left) -- one factor fewer than the full task
+CANONICAL = "canonical.json"
+GRID["d2_canonical_exchange"] = ["model.fusion.num_layers=2", "train.frozen=[]", "train.lr=1e-3", "train.max_iter=1500",
+                                 "data.transforms.hflip_prob=0", "data.text_negatives.kinds=[object_exchange]", f"data.train.ann_files=[{{out}}/{CANONICAL}]"]
+
+
+def write_canonical(root: str, out: str) -> str:
+    """``<out>/canonical.json``: the world's pretraining file with each image's first (canonical) caption only."""
+    with open(os.path.join(root, "pretrain.json")) as f:
+        entries = json.load(f)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, CANONICAL)
+    with open(path, "w") as f:
+        json.dump([dict(e, caption=[e["caption"][0] if isinstance(e["caption"], list) else e["caption"]]) for e in entries], f)
+    return path
 
 
 def run_cell(name: str, overrides: list[str], weights: str, root: str, out: str) -> None:
     cell = os.path.join(out, name)
     if os.path.isfile(os.path.join(cell, "model_final.pth")):
         return  # done
+    if any(CANONICAL in o for o in overrides):
+        write_canonical(root, out)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", CONFIG, f"model.weights={weights}",
-           f"data.synthetic.root={root}", f"output_dir={cell}", *overrides]
+           f"data.synthetic.root={root}", f"output_dir={cell}", *(o.replace("{out}", out) for o in overrides)]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
 
