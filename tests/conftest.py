@@ -86,13 +86,13 @@ def run_cli(args: list[str], timeout: int = 300, env: dict | None = None) -> sub
 # --------------------------------------------------------------------------- a small trained checkpoint
 #: The recipe of the suite's small trained model: the default job's objectives (ITC + ITM + MLM)
 #: on a 64 px world with a grounding split (every object's box in its manifest), two fusion layers
-#: (Grad-CAM reads the first: in the last one only [CLS] reaches the ITM head). ~1.5 min on one core.
+#: (Grad-CAM reads the first: in the last one only [CLS] reaches the ITM head). ~1 min on one core.
 SMALL_RECIPE = [
     "data.synthetic.image_size=64", "data.synthetic.num_train_images=600",
     "data.synthetic_task={task: grounding, num_train: 4, num_val: 2, num_test: 30}",
     "model.vision_encoder.img_size=64", "model.vision_encoder.model_kwargs.embed_dim=48", "model.text_encoder.config.hidden_size=48",
     "model.text_encoder.config.intermediate_size=96", "model.fusion.num_layers=2", "model.embed_dim=32",
-    "train.max_iter=1000", "train.batch_size=32", "train.lr=1e-3", "train.warmup_iters=20", "train.checkpoint_period=100000",
+    "train.max_iter=600", "train.batch_size=32", "train.lr=1e-3", "train.warmup_iters=20", "train.checkpoint_period=100000",
     "train.log_period=500", "data.test=null", "eval.retrieval=null",
 ]
 

@@ -249,7 +249,7 @@ def test_visualize_gradcam_cli_writes_one_png(synthetic_root, tokenizer, tmp_pat
 @pytest.fixture(scope="module")
 def trained_small(small_checkpoint):
     """The suite's small trained model (tests/conftest.py ``small_checkpoint``: ITC + ITM + MLM, the
-    default job's recipe, ~1.5 minutes on a 64 px world with two fusion layers -- Grad-CAM reads the
+    default job's recipe, ~1 minute on a 64 px world with two fusion layers -- Grad-CAM reads the
     first: in the last one only [CLS] reaches the ITM head), loaded through ``albef.load``; and that
     world's grounding data, whose manifest has every object's box."""
     import albef

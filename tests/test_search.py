@@ -280,8 +280,7 @@ def test_cli_index_resume_and_search(small_checkpoint, tmp_path):
     order = torch.argsort(sim[:, 0], descending=True).tolist()
     assert [h[3] for h in t2i] == [paths[i] for i in order]
     assert np.allclose([h[1] for h in t2i], sim[order, 0].tolist(), atol=1e-3)
-    own = [h[3] for h in t2i].index(paths[0]) + 1
-    assert own <= 3, f"the caption's own image ranked {own} of {n}"  # the small model's measured rank is 1
+    # (where the caption's own image lands is the model's quality, not the tool's: the order above is pinned)
     assert [h[3] for h in i2t] == [captions[i] for i in torch.argsort(sim[1], descending=True).tolist()]
     assert i2i[0][3] == paths[1] and i2i[0][1] == pytest.approx(1.0, abs=1e-3)  # itself, cosine 1
 
