@@ -23,6 +23,8 @@ import torch
 from albef.checkpoint.checkpointer import ALBEFCheckpointer, CheckpointMismatchError, read_checkpoint_file
 from albef.checkpoint.detect import detect_official_task, is_official_state_dict
 from albef.config import load_config
+from albef.data.datasets.nlvr2 import NLVR2JSON
+from albef.data.datasets.visual_entailment import VisualEntailmentJSON
 from albef.data.preprocess import Preprocess
 from albef.data.tokenization import TokenizerError, build_tokenizer
 from albef.model_zoo.zoo import ModelZooError, ZooEntry, resolve
@@ -43,8 +45,8 @@ OFFICIAL_LAYOUT_CONFIGS = {
 #: the head each ``task`` needs
 TASK_HEADS = {"pretrain": "itm", "retrieval": "itm", "grounding": "itm", "vqa": "answer", "ve": "cls", "nlvr": "cls", "nlvr_ta": "ta"}
 
-#: class names of the classifier heads, by task (the order of the datasets' labels)
-CLASS_NAMES = {"ve": ("contradiction", "neutral", "entailment"), "nlvr": ("false", "true")}
+#: class names of the classifier heads, by task: the datasets' own label order
+CLASS_NAMES = {"ve": VisualEntailmentJSON.class_names, "nlvr": NLVR2JSON.class_names}
 
 HUB_WEIGHTS = "model.safetensors"
 HUB_CONFIG = "config.yaml"

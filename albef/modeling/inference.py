@@ -125,20 +125,26 @@ class InferenceMixin:
     def pair_itm_logits(self, t_idx: torch.Tensor, i_idx: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
                         image_embeds: torch.Tensor, pair_batch: int = 256, head: str = "itm") -> torch.Tensor:
         """ITM "match" logits [P] of the P pairs (text ``t_idx[p]``, image ``i_idx[p]``) of encoded
-        texts [N_t, L, H] and images [N_i, 1+N, Dv].
+        texts [N_t, L, H] and images [N_i, 1+N, Dv] (:meth:`pair_itm_head_logits`, match column)."""
+        return self.pair_itm_head_logits(t_idx, i_idx, text_embeds, text_mask, image_embeds, pair_batch, head)[:, 1]
+
+    @torch.no_grad()
+    def pair_itm_head_logits(self, t_idx: torch.Tensor, i_idx: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
+                             image_embeds: torch.Tensor, pair_batch: int = 256, head: str = "itm") -> torch.Tensor:
+        """ITM logits [P, 2] (no match, match) of the P pairs (text ``t_idx[p]``, image ``i_idx[p]``).
 
         Pairs are processed grouped by image, ``pair_batch`` per fusion forward: the
         cross-attention keys and values of each image in a chunk are computed once
         (``prepare_visual``) and shared by all of that image's pairs. Input order kept.
         """
         order = torch.argsort(i_idx, stable=True)
-        out = torch.empty(order.numel(), device=text_embeds.device)
+        out = torch.empty(order.numel(), 2, device=text_embeds.device)
         for s in range(0, order.numel(), pair_batch):
             sel = order[s : s + pair_batch]
             images, inverse = torch.unique_consecutive(i_idx[sel], return_inverse=True)
             ti = t_idx[sel]
             visual = self.prepare_visual(image_embeds[images]).index(inverse)
-            out[sel] = self.itm_logits(text_embeds[ti], text_mask[ti], visual, head)[:, 1]
+            out[sel] = self.itm_logits(text_embeds[ti], text_mask[ti], visual, head)
         return out
 
     def classify_logits(self, image: torch.Tensor, text: Any, head: str = "cls") -> torch.Tensor:
@@ -200,16 +206,9 @@ class InferenceMixin:
             itm = None
             if head is not None and self.has_head(head):
                 n_i, n_t = sim.shape
-                dev = sim.device
-                i_idx = torch.arange(n_i, device=dev).repeat_interleave(n_t)
-                t_idx = torch.arange(n_t, device=dev).repeat(n_i)
-                order = torch.argsort(i_idx, stable=True)  # already grouped by image
-                logits = torch.empty(n_i * n_t, 2, device=dev)
-                for s in range(0, order.numel(), pair_batch):
-                    sel = order[s : s + pair_batch]
-                    images, inverse = torch.unique_consecutive(i_idx[sel], return_inverse=True)
-                    visual = self.prepare_visual(img_emb[images]).index(inverse)
-                    logits[sel] = self.itm_logits(txt_emb[t_idx[sel]], t.attention_mask[t_idx[sel]], visual, head)
+                i_idx = torch.arange(n_i, device=sim.device).repeat_interleave(n_t)
+                t_idx = torch.arange(n_t, device=sim.device).repeat(n_i)
+                logits = self.pair_itm_head_logits(t_idx, i_idx, txt_emb, t.attention_mask, img_emb, pair_batch, head)
                 itm = logits.softmax(dim=-1)[:, 1].view(n_i, n_t)
             elif head is not None and head != "itm":
                 self.head(head)  # an explicitly named head that is missing: its error
